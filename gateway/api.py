@@ -1,0 +1,153 @@
+"""The HTTP surface: Ollama's endpoints, each a thin handler over the translators and catalog.
+
+A translated endpoint goes: parse the body (JSON whatever the content type) -> validate the Ollama
+shape -> route the model -> translator -> local reply, or upstream call -> Ollama JSON or NDJSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from gateway.clock import RequestClock
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, ModelNotFound
+from gateway.logs import RequestRecord
+from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
+from gateway.routemap import Target, has_tag
+from gateway.state import GatewayState
+from gateway.streaming import ndjson_stream, open_ndjson_stream
+
+router = APIRouter()
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+def _record(request: Request) -> RequestRecord:
+    record: RequestRecord = request.scope["state"]["record"]
+    return record
+
+
+State = Annotated[GatewayState, Depends(_state)]
+Record = Annotated[RequestRecord, Depends(_record)]
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type (curl -d sends a form type)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in request body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def validate(request_type: type[ModelRequest], body: dict[str, Any]) -> Any:
+    try:
+        return request_type.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from exc
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def root() -> Response:
+    return Response("Ollama is running", media_type="text/plain; charset=utf-8")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version(state: State) -> Response:
+    return json_response({"version": state.settings.ollama_version})
+
+
+@router.api_route("/api/tags", methods=["GET", "HEAD"])
+async def tags(state: State) -> Response:
+    return json_response(state.catalog.tags())
+
+
+@router.api_route("/api/ps", methods=["GET", "HEAD"])
+async def ps(state: State) -> Response:
+    return json_response(state.catalog.ps())
+
+
+@router.post("/api/show")
+async def show(request: Request, state: State, record: Record) -> Response:
+    show_request: ShowRequest = validate(ShowRequest, await read_json_object(request))
+    if not show_request.model:
+        raise BadRequest("model is required")
+    target = _route(state, record, show_request.model, shown_name=_with_tag(show_request.model))
+    return json_response(state.catalog.show(target, show_request.model))
+
+
+@router.post("/api/chat")
+async def chat(request: Request, state: State, record: Record) -> Response:
+    return await translated(request, state, record, "/api/chat")
+
+
+@router.post("/api/generate")
+async def generate(request: Request, state: State, record: Record) -> Response:
+    return await translated(request, state, record, "/api/generate")
+
+
+@router.post("/api/embed")
+async def embed(request: Request, state: State, record: Record) -> Response:
+    return await translated(request, state, record, "/api/embed")
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request, state: State, record: Record) -> Response:
+    return await translated(request, state, record, "/api/embeddings")
+
+
+async def translated(request: Request, state: GatewayState, record: RequestRecord, endpoint: str) -> Response:
+    """Serve an endpoint through the translator routes.yaml binds to it."""
+    clock = RequestClock()
+    translator_class = state.bindings[endpoint]
+    ollama_request = validate(translator_class.request_type, await read_json_object(request))
+    name = ollama_request.model
+    if not name and endpoint == "/api/chat":
+        raise BadRequest("model is required")
+    target = _route(state, record, name)
+    translator = translator_class(ollama_request, target, clock)
+    reply = translator.local_reply()
+    if reply is not None:
+        state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
+        return json_response(reply)
+    body = translator.upstream_body()
+    clock.mark_upstream_called()
+    if translator.streams:
+        lines = ndjson_stream(state.clients, translator, target, body, record)  # type: ignore[arg-type]
+        response = await open_ndjson_stream(lines, {})
+    else:
+        answer = await state.clients.post(target, translator.upstream_path, body, name)
+        response = json_response(translator.from_response(answer))
+        record.tokens(translator.prompt_tokens, translator.completion_tokens)
+    state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
+    return response
+
+
+def _route(state: GatewayState, record: RequestRecord, name: str, shown_name: str | None = None) -> Target:
+    record.model = name
+    target = state.route_map.resolve(name)
+    if target is None:
+        raise ModelNotFound(shown_name if shown_name is not None else name)
+    record.upstream = target.upstream_name
+    record.upstream_model = target.upstream_model
+    return target
+
+
+def _with_tag(name: str) -> str:
+    return name if has_tag(name) else f"{name}:latest"

@@ -1,0 +1,109 @@
+"""`ollama-gateway serve` (the default) and `ollama-gateway check`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.settings import Settings
+from gateway.translators import BindingError, load_bindings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    overrides = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    try:
+        settings = Settings(**overrides)
+        settings.bind_address()
+    except (ValidationError, ValueError) as exc:
+        print(f"ollama-gateway: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if command == "check":
+        return check(settings.routes)
+    return serve(settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ollama-gateway", description="Serve the Ollama API from OpenAI-compatible providers.")
+    commands = parser.add_subparsers(dest="command")
+    serve_parser = commands.add_parser("serve", help="run the gateway (default)")
+    check_parser = commands.add_parser("check", help="validate routes.yaml and print the routes")
+    for sub in (parser, serve_parser, check_parser):
+        sub.add_argument("--routes", type=Path, default=argparse.SUPPRESS if sub is not parser else None, help="route map file (GATEWAY_ROUTES, default routes.yaml)")
+    for sub in (parser, serve_parser):
+        default = argparse.SUPPRESS if sub is not parser else None
+        sub.add_argument("--host", default=default, help="listen address (GATEWAY_HOST, OLLAMA_HOST, default 127.0.0.1)")
+        sub.add_argument("--port", type=int, default=default, help="listen port (GATEWAY_PORT, OLLAMA_HOST, default 11434)")
+        sub.add_argument("--workers", type=int, default=default, help="worker processes (GATEWAY_WORKERS, default: CPU count)")
+        sub.add_argument("--log-format", choices=["json", "console", "auto"], default=default, help="GATEWAY_LOG_FORMAT, default auto")
+        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=default, help="GATEWAY_LOG_LEVEL, default info")
+    return parser
+
+
+def check(routes: Path) -> int:
+    """Validate the route map; print each model with its upstream, and any warning."""
+    try:
+        route_map = load_route_map(routes)
+        load_bindings(route_map.endpoints)
+    except (RouteMapError, BindingError) as exc:
+        message = str(exc) if isinstance(exc, RouteMapError) else f"{routes}: {exc}"
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    print(_route_table(route_map))
+    for warning in route_map.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _route_table(route_map: RouteMap) -> str:
+    rows = [("MODEL", "UPSTREAM", "UPSTREAM MODEL", "BASE URL")]
+    for route in route_map.models:
+        upstream = route_map.upstreams[route.upstream]
+        if route.is_pattern:
+            upstream_model = route.model or ("<name>" if route.name == "*" else "<rest of name>")
+            name = route.name
+        else:
+            upstream_model = route.model or route.name.removesuffix(":latest")
+            name = route.listed_name
+        rows.append((name, route.upstream, upstream_model, upstream.base_url))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows
+    )
+
+
+def serve(settings: Settings) -> int:
+    """Run the app on Granian; each worker rebuilds the settings from the exported environment."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+
+    try:
+        route_map = load_route_map(settings.routes)
+        load_bindings(route_map.endpoints)
+    except (RouteMapError, BindingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    os.environ.update(settings.to_environ())
+    host, port = settings.bind_address()
+    options: dict[str, Any] = {
+        "address": host,
+        "port": port,
+        "interface": Interfaces.ASGI,
+        "workers": settings.workers,
+        "factory": True,
+        "loop": Loops.uvloop,
+        "http": HTTPModes.http1,
+        "log_access": False,
+        "log_level": LogLevels(settings.log_level),
+    }
+    Granian("gateway.app:create_app", **options).serve()
+    return 0

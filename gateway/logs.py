@@ -1,0 +1,150 @@
+"""Tracing with structlog: a request id per request and one summary line per request.
+
+`configure_logging` runs once per process. `RequestLogMiddleware` is a pure ASGI middleware: it
+binds `request_id` (taken from an `X-Request-Id` header or made here, and echoed back), keeps a
+`RequestRecord` that the handler and the stream fill in, and writes one `request` line when the
+response is over, disconnects included. Nothing is logged per chunk. Prompts, completions and
+keys are never fields of any line.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger()
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_REQUEST_ID_HEADER = b"x-request-id"
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """JSON lines when not on a terminal (or when asked), readable console lines otherwise."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+class RequestRecord:
+    """What the summary line of one request says; filled in as the request goes."""
+
+    __slots__ = (
+        "request_id", "method", "path", "started", "status", "model", "upstream", "upstream_model",
+        "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error",
+    )
+
+    def __init__(self, request_id: str, method: str, path: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter_ns()
+        self.status = 0
+        self.model: str | None = None
+        self.upstream: str | None = None
+        self.upstream_model: str | None = None
+        self.first_byte = 0
+        self.chunks = 0
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.outcome = "ok"
+        self.error: str | None = None
+
+    def tokens(self, prompt: int, completion: int) -> None:
+        self.prompt_tokens = prompt
+        self.completion_tokens = completion
+
+    def fail(self, error: Exception, *, after_first_byte: bool = False) -> None:
+        self.outcome = "error_after_first_byte" if after_first_byte else "error"
+        self.error = getattr(error, "message", None) or type(error).__name__
+
+    def fields(self) -> dict[str, Any]:
+        now = time.perf_counter_ns()
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": round((now - self.started) / 1e6, 3),
+            "outcome": self.outcome,
+        }
+        if self.first_byte:
+            fields["first_byte_ms"] = round((self.first_byte - self.started) / 1e6, 3)
+        for name in ("model", "upstream", "upstream_model", "prompt_tokens", "completion_tokens", "error"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.chunks:
+            fields["chunks"] = self.chunks
+        return fields
+
+
+class RequestLogMiddleware:
+    """Binds the request id, echoes it, and writes the request's one summary line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or secrets.token_hex(8)
+        record = RequestRecord(request_id, scope["method"], scope["path"])
+        scope.setdefault("state", {})["record"] = record
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        header = (_REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            elif not record.first_byte and message.get("body"):
+                record.first_byte = time.perf_counter_ns()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            record.outcome = "client_disconnected" if _is_cancellation(exc) else "crashed"
+            raise
+        finally:
+            if record.status >= 500 and record.outcome == "ok":
+                record.outcome = "error"
+            log.info("request", **record.fields())
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_HEADER:
+            text = value.decode("latin-1")
+            # Echoed into a header and logs: keep it short and printable.
+            if 0 < len(text) <= 128 and text.isprintable():
+                return text
+    return None
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, anyio.get_cancelled_exc_class())

@@ -1,0 +1,72 @@
+"""Process settings: command-line flags, then `GATEWAY_*` environment, then defaults.
+
+`OLLAMA_HOST` (Ollama's own variable: `host:port`, `host`, `:port` or `http://host:port`) is
+honoured when neither a flag nor `GATEWAY_HOST`/`GATEWAY_PORT` says where to listen, so an
+existing Ollama setup keeps its address.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+# The Ollama release whose API surface the gateway serves (capabilities in /api/tags: 0.30.0).
+DEFAULT_OLLAMA_VERSION = "0.30.0"
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs to know besides the route map itself."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    routes: Path = Path("routes.yaml")
+    host: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ollama_version: str = Field(default=DEFAULT_OLLAMA_VERSION, pattern=r"^\d+\.\d+\.\d+$")
+    ollama_host: str | None = Field(default=None, validation_alias="OLLAMA_HOST")
+
+    def bind_address(self) -> tuple[str, int]:
+        """Where to listen: explicit settings first, then `OLLAMA_HOST`, then 127.0.0.1:11434."""
+        host, port = parse_ollama_host(self.ollama_host or "")
+        return self.host or host, self.port if self.port is not None else port
+
+    def to_environ(self) -> dict[str, str]:
+        """The `GATEWAY_*` variables that rebuild these settings in a worker process."""
+        host, port = self.bind_address()
+        return {
+            "GATEWAY_ROUTES": str(self.routes),
+            "GATEWAY_HOST": host,
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_WORKERS": str(self.workers),
+            "GATEWAY_LOG_FORMAT": self.log_format,
+            "GATEWAY_LOG_LEVEL": self.log_level,
+            "GATEWAY_OLLAMA_VERSION": self.ollama_version,
+        }
+
+
+def parse_ollama_host(value: str) -> tuple[str, int]:
+    """Read `OLLAMA_HOST` the way Ollama does; missing parts take the defaults."""
+    value = value.strip()
+    # As Ollama's envconfig.Host: a bare host:port defaults to 11434, an explicit scheme to its
+    # own port (http 80, https 443).
+    default_port = DEFAULT_PORT
+    if "://" in value:
+        default_port = {"http": 80, "https": 443}.get(value.split("://", 1)[0].lower(), DEFAULT_PORT)
+    else:
+        value = "http://" + value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"OLLAMA_HOST: invalid port in {value!r}") from exc
+    return parts.hostname or DEFAULT_HOST, port if port is not None else default_port

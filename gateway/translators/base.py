@@ -1,0 +1,70 @@
+"""The translator interface: how one Ollama endpoint is served by one OpenAI-compatible call.
+
+A translator is made per request from the validated Ollama request, the route target and the
+request's clock. It is pure: it builds the upstream body, turns the upstream's answer back into
+Ollama's shape, and does no IO (the HTTP layer in `api.py` and `upstream.py` does that).
+
+    Translator            local_reply() -> upstream_body() -> from_response(body)
+    StreamingTranslator   ... or, when the client streams: feed(event)* -> finish()
+
+Bind your own class to an endpoint in routes.yaml (`endpoints: {/api/chat: pkg.mod:Class}`); it
+must subclass one of these.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+from gateway.clock import RequestClock
+from gateway.ollama import ModelRequest
+from gateway.routemap import Target
+
+RequestT = TypeVar("RequestT", bound=ModelRequest)
+
+
+class Translator(ABC, Generic[RequestT]):
+    """Serves one request of an Ollama endpoint from the upstream path `upstream_path`."""
+
+    request_type: ClassVar[type[ModelRequest]]
+    upstream_path: ClassVar[str]
+
+    def __init__(self, request: RequestT, target: Target, clock: RequestClock) -> None:
+        self.request = request
+        self.target = target
+        self.clock = clock
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    @property
+    def streams(self) -> bool:
+        """True when the client gets NDJSON chunks (only StreamingTranslator can)."""
+        return False
+
+    def local_reply(self) -> dict[str, Any] | None:
+        """An answer Ollama gives without running the model (load, unload, empty input), or None."""
+        return None
+
+    @abstractmethod
+    def upstream_body(self) -> dict[str, Any]:
+        """The JSON body for `upstream_path`, model id included."""
+
+    @abstractmethod
+    def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The Ollama reply for a complete (non-streamed) upstream answer."""
+
+
+class StreamingTranslator(Translator[RequestT]):
+    """A translator whose endpoint can stream NDJSON from the upstream's SSE events."""
+
+    # Set by `feed` once an event carried a finish reason: a stream that ends without `[DONE]`
+    # is complete only if this is true.
+    saw_finish_reason: bool = False
+
+    @abstractmethod
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Ollama chunks (possibly none) for one decoded SSE `data:` event."""
+
+    @abstractmethod
+    def finish(self) -> list[dict[str, Any]]:
+        """The last chunks once the upstream stream ended cleanly; the final one has `done: true`."""

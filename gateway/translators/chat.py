@@ -1,0 +1,43 @@
+"""/api/chat -> Chat Completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.ollama import ChatRequest
+from gateway.translators.completion import ChatCompletionTranslator
+
+
+class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
+    """Ollama chat: text goes in `message.content`, reasoning in `message.thinking`."""
+
+    request_type = ChatRequest
+    request: ChatRequest
+
+    def is_empty(self) -> bool:
+        return not self.request.messages
+
+    def upstream_messages(self) -> list[dict[str, Any]]:
+        return [{"role": message.role, "content": message.content} for message in self.request.messages]
+
+    def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+        chunk = self.base_chunk()
+        chunk["message"] = _message(content, thinking, tool_calls)
+        chunk["done"] = False
+        return chunk
+
+    def final(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+        reply = self.base_chunk()
+        reply["message"] = _message(content, thinking, tool_calls)
+        reply["done"] = True
+        return reply
+
+
+def _message(content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    # `content` is always present, even empty: LlamaIndex and Zed index it on every chunk.
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message

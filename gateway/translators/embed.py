@@ -1,0 +1,69 @@
+"""/api/embed and the legacy /api/embeddings -> OpenAI Embeddings (openai-mapping.md §5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from gateway.ollama import EmbeddingsRequest, EmbedRequest
+from gateway.translators.base import Translator
+
+
+class EmbedTranslator(Translator[EmbedRequest]):
+    """Ollama's /api/embed: one unit-length vector per input, in input order."""
+
+    request_type = EmbedRequest
+    upstream_path: ClassVar[str] = "/embeddings"
+    request: EmbedRequest
+
+    def local_reply(self) -> dict[str, Any] | None:
+        if self.request.inputs:
+            return None
+        return self._reply([])
+
+    def upstream_body(self) -> dict[str, Any]:
+        # encoding_format is explicit: the SDK would otherwise ask for base64, which some servers reject.
+        return {"model": self.target.upstream_model, "input": self.request.inputs, "encoding_format": "float"}
+
+    def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
+        vectors = [item["embedding"] for item in sorted(body.get("data") or [], key=lambda item: item.get("index", 0))]
+        usage = body.get("usage") or {}
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        dimensions = self.request.dimensions
+        return self._reply([unit_vector(vector[:dimensions] if dimensions else vector) for vector in vectors])
+
+    def _reply(self, embeddings: list[list[float]]) -> dict[str, Any]:
+        # total_duration, load_duration and prompt_eval_count are required by ollama-ai-provider.
+        return {
+            "model": self.request.model,
+            "embeddings": embeddings,
+            "total_duration": self.clock.elapsed_ns(),
+            "load_duration": max(self.clock.upstream_called - self.clock.received, 1),
+            "prompt_eval_count": self.prompt_tokens,
+        }
+
+
+class LegacyEmbeddingsTranslator(Translator[EmbeddingsRequest]):
+    """The legacy /api/embeddings: one vector, not normalized."""
+
+    request_type = EmbeddingsRequest
+    upstream_path: ClassVar[str] = "/embeddings"
+    request: EmbeddingsRequest
+
+    def local_reply(self) -> dict[str, Any] | None:
+        return None if self.request.prompt else {"embedding": []}
+
+    def upstream_body(self) -> dict[str, Any]:
+        return {"model": self.target.upstream_model, "input": self.request.prompt, "encoding_format": "float"}
+
+    def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = body.get("data") or [{}]
+        return {"embedding": data[0].get("embedding") or []}
+
+
+def unit_vector(vector: list[float]) -> list[float]:
+    """L2-normalize, as Ollama's /api/embed always returns unit vectors."""
+    norm = math.sqrt(math.fsum(value * value for value in vector))
+    if norm == 0.0 or abs(norm - 1.0) < 1e-9:
+        return vector
+    return [value / norm for value in vector]
