@@ -25,6 +25,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    return free_port()
+
+
 def routes_yaml(upstream_url: str, extra_models: str = "") -> str:
     return f"""
 upstreams:
@@ -36,6 +41,9 @@ upstreams:
   keyless:
     base_url: {upstream_url}
     api_key: ${{TEST_MISSING_KEY}}
+    max_retries: 0
+  dead:
+    base_url: http://127.0.0.1:{closed_port()}/v1
     max_retries: 0
 models:
   - name: tiny
@@ -49,6 +57,8 @@ models:
     capabilities: [embedding]
   - name: nokey
     upstream: keyless
+  - name: deadmodel
+    upstream: dead
 {extra_models}
   - name: "fake/*"
     upstream: fake
