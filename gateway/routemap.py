@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 
+from gateway.providers import PRESETS, ProviderName, Quirks, ReasoningInput, ReasoningKnob
+
 Capability = Literal["completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -33,16 +35,42 @@ class RouteMapError(ValueError):
     """routes.yaml cannot be used; the message names the file, the entry and what is wrong."""
 
 
-class UpstreamConfig(BaseModel):
-    """One OpenAI-compatible target."""
+class QuirkSettings(BaseModel):
+    """Provider quirks settable on an upstream and overridable per model (see `providers.py`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    reasoning: ReasoningKnob | None = None
+    reasoning_input: ReasoningInput | None = None
+    think_tags: bool | None = None
+    extra_options: dict[str, str] | None = None
+    completions: bool | None = None
+    stop_limit: int | None = Field(default=None, gt=0)
+    json_schema: bool | None = None
+    dimensions: bool | None = None
+    tool_result_name: bool | None = None
+
+    @field_validator("extra_options", mode="before")
+    @classmethod
+    def _list_means_same_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {str(name): str(name) for name in value}
+        return value
+
+    def quirk_overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in QuirkSettings.model_fields}
+
+
+class UpstreamConfig(QuirkSettings):
+    """One OpenAI-compatible target."""
 
     base_url: str = Field(pattern=r"^https?://\S+$")
     api_key: SecretStr | None = None
     timeout: float = Field(default=600.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
     max_retries: int = Field(default=2, ge=0, le=10)
+    provider: ProviderName = "generic"
 
     # Name of the `${VAR}` the api_key needed but the environment lacked (set by the loader).
     _missing_key_variable: str | None = PrivateAttr(default=None)
@@ -52,10 +80,8 @@ class UpstreamConfig(BaseModel):
         return self._missing_key_variable
 
 
-class ModelRoute(BaseModel):
+class ModelRoute(QuirkSettings):
     """One entry of `models`: an exact Ollama name, or a pattern with one `*`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     upstream: str
@@ -156,12 +182,9 @@ class RouteMap(BaseModel):
             upstream_model = route.model.replace("*", captured) if captured is not None else route.model
         else:
             upstream_model = captured if captured is not None else strip_latest(route.name)
-        return Target(
-            route=route,
-            upstream_name=route.upstream,
-            upstream=self.upstreams[route.upstream],
-            upstream_model=upstream_model,
-        )
+        upstream = self.upstreams[route.upstream]
+        quirks = PRESETS[upstream.provider].merged(upstream.quirk_overrides()).merged(route.quirk_overrides())
+        return Target(route=route, upstream_name=route.upstream, upstream=upstream, upstream_model=upstream_model, quirks=quirks)
 
     def listed_targets(self) -> list[Target]:
         """Exact entries, in file order, with their targets: what `/api/tags` lists."""
@@ -185,6 +208,7 @@ class Target:
     upstream_name: str
     upstream: UpstreamConfig
     upstream_model: str
+    quirks: Quirks
 
 
 def has_tag(name: str) -> bool:
