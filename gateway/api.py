@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from gateway.clock import RequestClock
-from gateway.errors import JSON_MEDIA_TYPE, BadRequest, ModelNotFound
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
 from gateway.routemap import Target, has_tag
@@ -22,6 +23,7 @@ from gateway.state import GatewayState
 from gateway.streaming import ndjson_stream, open_ndjson_stream
 
 router = APIRouter()
+log = structlog.get_logger()
 
 
 def _state(request: Request) -> GatewayState:
@@ -127,14 +129,23 @@ async def translated(request: Request, state: GatewayState, record: RequestRecor
         state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
         return json_response(reply)
     body = translator.upstream_body()
+    dropped = getattr(translator, "dropped_options", None)
+    if dropped:
+        log.debug("options_dropped", options=dropped, upstream=target.upstream_name)
     clock.mark_upstream_called()
-    if translator.streams:
-        lines = ndjson_stream(state.clients, translator, target, body, record)  # type: ignore[arg-type]
-        response = await open_ndjson_stream(lines, {})
-    else:
-        answer = await state.clients.post(target, translator.upstream_path, body, name)
-        response = json_response(translator.from_response(answer))
-        record.tokens(translator.prompt_tokens, translator.completion_tokens)
+    try:
+        if translator.streams:
+            lines = ndjson_stream(state.clients, translator, target, body, record)  # type: ignore[arg-type]
+            response: Response = await open_ndjson_stream(lines, {})
+        else:
+            answer = await state.clients.post(target, translator.upstream_path, body, name)
+            response = json_response(translator.from_response(answer))
+            record.tokens(translator.prompt_tokens, translator.completion_tokens)
+    except GatewayError as exc:
+        mapped = translator.map_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
     state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
     return response
 

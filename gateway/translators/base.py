@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
 from gateway.clock import RequestClock
+from gateway.errors import GatewayError
 from gateway.ollama import ModelRequest
 from gateway.routemap import Target
 
@@ -27,7 +28,7 @@ class Translator(ABC, Generic[RequestT]):
     """Serves one request of an Ollama endpoint from the upstream path `upstream_path`."""
 
     request_type: ClassVar[type[ModelRequest]]
-    upstream_path: ClassVar[str]
+    upstream_path: str  # relative to the upstream's base URL; a class default, an instance may differ
 
     def __init__(self, request: RequestT, target: Target, clock: RequestClock) -> None:
         self.request = request
@@ -52,6 +53,10 @@ class Translator(ABC, Generic[RequestT]):
     @abstractmethod
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
         """The Ollama reply for a complete (non-streamed) upstream answer."""
+
+    def map_error(self, error: GatewayError) -> GatewayError:
+        """A chance to say an upstream error in this endpoint's words (default: unchanged)."""
+        return error
 
 
 class StreamingTranslator(Translator[RequestT]):

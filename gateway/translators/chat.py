@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.ollama import ChatRequest
 from gateway.translators.completion import ChatCompletionTranslator
+from gateway.translators.messages import upstream_messages, upstream_tools
 
 
 class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
@@ -17,8 +18,18 @@ class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
     def is_empty(self) -> bool:
         return not self.request.messages
 
+    def uses_tools(self) -> bool:
+        return bool(self.request.tools)
+
     def upstream_messages(self) -> list[dict[str, Any]]:
-        return [{"role": message.role, "content": message.content} for message in self.request.messages]
+        return upstream_messages(self.request.messages, self.target.quirks, self.tool_names)
+
+    def upstream_body(self) -> dict[str, Any]:
+        body = super().upstream_body()
+        tools = upstream_tools(self.request.tools, self.tool_names)
+        if tools:  # an empty list is never forwarded: OpenAI rejects `tools: []`
+            body["tools"] = tools
+        return body
 
     def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         chunk = self.base_chunk()

@@ -1,8 +1,10 @@
-"""What /api/chat and /api/generate share: one Chat Completions call, answered as Ollama answers.
+"""What /api/chat and /api/generate share: one completion call, answered as Ollama answers.
 
-Subclasses say how the upstream messages are built (`upstream_messages`) and how a chunk looks
-(`chat` puts text in `message.content`, `generate` in `response`). Everything else is here: the
-request body, the load/unload replies, per-event streaming, the final chunk and its metrics.
+Subclasses say how the upstream request is built (`upstream_messages`, or a legacy Completions
+prompt) and how a chunk looks (`chat` puts text in `message.content`, `generate` in `response`).
+Everything else is here: capability checks, the request body (sampling options, format, think),
+the load/unload replies, per-event streaming (text, reasoning, `<think>` tags, tool calls,
+logprobs), the final chunk and its metrics.
 
 Per streamed event the work is a few dict lookups: no model objects are built (issue 3).
 """
@@ -10,13 +12,15 @@ Per streamed event the work is a few dict lookups: no model objects are built (i
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 from gateway.clock import now_rfc3339
-from gateway.errors import UpstreamRejected, UpstreamUnavailable
+from gateway.errors import BadRequest, UpstreamRejected, UpstreamUnavailable, ollama_status
 from gateway.ollama import GenerationRequest
 from gateway.translators.base import RequestT, StreamingTranslator
+from gateway.translators.messages import ToolNames
 from gateway.translators.options import response_format, sampling_params
+from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
 from gateway.translators.toolcalls import ToolCallAssembler, ollama_tool_call
 
 # Ollama knows only these two; tool_calls, content_filter and the rest end "naturally".
@@ -26,14 +30,19 @@ _DONE_REASONS = {"length": "length"}
 class ChatCompletionTranslator(StreamingTranslator[RequestT]):
     """Shared core of the chat and generate translators."""
 
-    upstream_path: ClassVar[str] = "/chat/completions"
+    upstream_path = "/chat/completions"
     request: GenerationRequest
+    # The Ollama capability this endpoint needs ("chat" models: completion) and its verb in errors.
+    verb = "chat"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.done_reason = "stop"
+        self.dropped_options: list[str] = []
+        self.tool_names = ToolNames()
         self._tool_calls = ToolCallAssembler()
         self._keep_thinking = self.request.think is not False
+        self._tags = ThinkTagSplitter() if self.target.quirks.think_tags else None
         self._prompt_chars = 0
         self._completion_chars = 0
         self._usage_seen = False
@@ -56,6 +65,9 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
     def final(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         """The `done: true` object (metrics are added by the caller)."""
 
+    def uses_tools(self) -> bool:
+        return False
+
     # -- request -----------------------------------------------------------------------------
 
     @property
@@ -63,47 +75,86 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
         return self.request.wants_stream
 
     def local_reply(self) -> dict[str, Any] | None:
-        if not self.is_empty():
-            return None
+        # Ollama's order: unload shortcut, then capability checks, then the empty-input load reply.
+        if self.is_empty() and self.request.unloads:
+            return self._load_reply("unload")
+        self.check_capabilities()
+        if self.is_empty():
+            return self._load_reply("load")
+        return None
+
+    def check_capabilities(self) -> None:
+        """400s as Ollama gives them, for models whose routes.yaml entry declares capabilities."""
+        declared = self.target.route.capabilities
+        if not declared:
+            return
+        name = self.request.model
+        if "completion" not in declared:
+            raise BadRequest(f'"{name}" does not support {self.verb}')
+        if self.request.think not in (None, False) and "thinking" not in declared:
+            raise BadRequest(f'"{name}" does not support thinking')
+        if self.uses_tools() and "tools" not in declared:
+            raise BadRequest(f'"{name}" does not support tools')
+
+    def _load_reply(self, reason: str) -> dict[str, Any]:
         reply = self.final("", "", None)
-        reply["done_reason"] = "unload" if self.request.unloads else "load"
+        reply["done_reason"] = reason
         return reply
 
     def upstream_body(self) -> dict[str, Any]:
+        quirks = self.target.quirks
         messages = self.upstream_messages()
-        self._prompt_chars = sum(len(message["content"]) for message in messages if isinstance(message.get("content"), str))
+        fmt, format_instruction = response_format(self.request.format, quirks)
+        if format_instruction and (fmt is None or fmt.get("type") != "json_object" or not _mentions_json(messages)):
+            messages.insert(0, {"role": "system", "content": format_instruction})
+        self._prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
         body: dict[str, Any] = {"model": self.target.upstream_model, "messages": messages}
-        body.update(sampling_params(self.request.options))
-        fmt = response_format(self.request.format)
+        self._add_common(body, fmt)
+        return body
+
+    def _add_common(self, body: dict[str, Any], fmt: dict[str, Any] | None) -> None:
+        """Sampling, format, reasoning, logprobs and streaming keys shared by chat and completions."""
+        params, self.dropped_options = sampling_params(self.request.options, self.target.quirks)
+        body.update(params)
         if fmt is not None:
             body["response_format"] = fmt
+        declared = self.target.route.capabilities
+        if not declared or "thinking" in declared:
+            body.update(reasoning_params(self.target.quirks.reasoning, self.request.think))
+        if self.request.logprobs:
+            body["logprobs"] = True
+            if self.request.top_logprobs:
+                body["top_logprobs"] = self.request.top_logprobs
         if self.streams:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return body
 
     # -- complete answers ----------------------------------------------------------------------
 
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
         _raise_for_error_event(body)
-        choices = body.get("choices") or [{}]
-        choice = choices[0]
+        choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
-        content = message.get("content") or message.get("refusal") or ""
+        content = message.get("content") or message.get("refusal") or choice.get("text") or ""
         thinking = self._thinking_of(message)
-        calls = message.get("tool_calls")
-        tool_calls = (
-            [
-                ollama_tool_call(index, call.get("id"), (call.get("function") or {}).get("name") or "", (call.get("function") or {}).get("arguments"))
-                for index, call in enumerate(calls)
+        if self._tags is not None:
+            tagged_content, tagged_thinking = self._tags.feed(content)
+            held_content, held_thinking = self._tags.flush()
+            content = tagged_content + held_content
+            thinking += tagged_thinking + held_thinking if self._keep_thinking else ""
+        tool_calls = None
+        if message.get("tool_calls"):
+            tool_calls = [
+                ollama_tool_call(index, call.get("id"), self._original_name(call), (call.get("function") or {}).get("arguments"))
+                for index, call in enumerate(message["tool_calls"])
             ]
-            if calls
-            else None
-        )
         self._completion_chars = len(content) + len(thinking)
         self.done_reason = _DONE_REASONS.get(choice.get("finish_reason") or "stop", "stop")
         self._record_usage(body.get("usage"))
         reply = self.final(content, thinking, tool_calls)
+        logprobs = _logprobs(choice)
+        if logprobs:
+            reply["logprobs"] = logprobs
         reply["done_reason"] = self.done_reason
         reply.update(self._metrics())
         return reply
@@ -120,9 +171,15 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
                 _raise_for_error_event(event)
             return []
         choice = choices[0]
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if delta is None:  # legacy Completions stream
+            delta = {"content": choice.get("text")}
         content = delta.get("content") or ""
         thinking = self._thinking_of(delta)
+        if self._tags is not None and content:
+            content, tagged = self._tags.feed(content)
+            if self._keep_thinking:
+                thinking += tagged
         deltas = delta.get("tool_calls")
         if deltas:
             self._tool_calls.add(deltas)
@@ -131,7 +188,11 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
         if content or thinking:
             self.clock.mark_token()
             self._completion_chars += len(content) + len(thinking)
-            out.append(self.chunk(content, thinking, None))
+            chunk = self.chunk(content, thinking, None)
+            logprobs = _logprobs(choice)
+            if logprobs:
+                chunk["logprobs"] = logprobs
+            out.append(chunk)
         if finish_reason:
             if finish_reason == "error" or "error" in event:
                 _raise_for_error_event(event)
@@ -142,7 +203,13 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
         return out
 
     def finish(self) -> list[dict[str, Any]]:
-        out = [self._tool_call_chunk()] if self._tool_calls else []
+        out = []
+        if self._tags is not None:
+            content, thinking = self._tags.flush()
+            if content or (thinking and self._keep_thinking):
+                out.append(self.chunk(content, thinking if self._keep_thinking else "", None))
+        if self._tool_calls:
+            out.append(self._tool_call_chunk())
         final = self.final("", "", None)
         final["done_reason"] = self.done_reason
         final.update(self._metrics())
@@ -153,13 +220,26 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
 
     def _tool_call_chunk(self) -> dict[str, Any]:
         self.clock.mark_token()
-        return self.chunk("", "", self._tool_calls.flush())
+        calls = self._tool_calls.flush()
+        if self.tool_names.renamed:
+            for call in calls:
+                call["function"]["name"] = self.tool_names.original(call["function"]["name"])
+        return self.chunk("", "", calls)
+
+    def _original_name(self, call: dict[str, Any]) -> str:
+        return self.tool_names.original((call.get("function") or {}).get("name") or "")
 
     def _thinking_of(self, message: dict[str, Any]) -> str:
         # Providers that send the same text in two fields (OpenRouter) are read once: never add them.
         if not self._keep_thinking:
             return ""
-        return message.get("reasoning_content") or message.get("reasoning") or ""
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        if thinking:
+            return str(thinking)
+        details = message.get("reasoning_details")
+        if details:
+            return "".join(str(d.get("text") or d.get("summary") or "") for d in details if isinstance(d, dict))
+        return ""
 
     def _record_usage(self, usage: dict[str, Any] | None) -> None:
         if not usage:
@@ -180,6 +260,29 @@ class ChatCompletionTranslator(StreamingTranslator[RequestT]):
         return {"model": self.request.model, "created_at": now_rfc3339()}
 
 
+def _mentions_json(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("content"), str) and "json" in m["content"].lower() for m in messages)
+
+
+def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """OpenAI's per-token logprobs, in Ollama's shape (token, logprob, bytes, top_logprobs)."""
+    logprobs = choice.get("logprobs")
+    if not logprobs or not isinstance(logprobs, dict) or not logprobs.get("content"):
+        return None
+    return [
+        {
+            "token": item.get("token", ""),
+            "logprob": item.get("logprob", 0.0),
+            **({"bytes": item["bytes"]} if item.get("bytes") is not None else {}),
+            "top_logprobs": [
+                {"token": top.get("token", ""), "logprob": top.get("logprob", 0.0), **({"bytes": top["bytes"]} if top.get("bytes") is not None else {})}
+                for top in item.get("top_logprobs") or []
+            ],
+        }
+        for item in logprobs["content"]
+    ]
+
+
 def _raise_for_error_event(event: dict[str, Any]) -> None:
     """An `error` object in an upstream event or body (OpenRouter mid-stream errors, some proxies)."""
     error = event.get("error")
@@ -189,6 +292,6 @@ def _raise_for_error_event(event: dict[str, Any]) -> None:
         message = str(error.get("message") or error)
         code = error.get("code")
         if isinstance(code, int) and 400 <= code <= 599:
-            raise UpstreamRejected(message, status_code=code)
+            raise UpstreamRejected(message, status_code=ollama_status(code))
         raise UpstreamUnavailable(message)
     raise UpstreamUnavailable(str(error))

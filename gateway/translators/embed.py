@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from gateway.errors import BadRequest, GatewayError
 from gateway.ollama import EmbeddingsRequest, EmbedRequest
 from gateway.translators.base import Translator
 
@@ -23,7 +24,17 @@ class EmbedTranslator(Translator[EmbedRequest]):
 
     def upstream_body(self) -> dict[str, Any]:
         # encoding_format is explicit: the SDK would otherwise ask for base64, which some servers reject.
-        return {"model": self.target.upstream_model, "input": self.request.inputs, "encoding_format": "float"}
+        body: dict[str, Any] = {"model": self.target.upstream_model, "input": self.request.inputs, "encoding_format": "float"}
+        if self.request.dimensions and self.target.quirks.dimensions:
+            body["dimensions"] = self.request.dimensions
+        return body
+
+    def map_error(self, error: GatewayError) -> GatewayError:
+        # OpenAI-compatible servers never truncate: an over-long input is their 400. Ollama's
+        # words for it when the client asked not to truncate:
+        if self.request.truncate is False and error.status_code == 400 and _is_context_error(error.message):
+            return BadRequest("the input length exceeds the context length")
+        return error
 
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
         vectors = [item["embedding"] for item in sorted(body.get("data") or [], key=lambda item: item.get("index", 0))]
@@ -59,6 +70,11 @@ class LegacyEmbeddingsTranslator(Translator[EmbeddingsRequest]):
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
         data = body.get("data") or [{}]
         return {"embedding": data[0].get("embedding") or []}
+
+
+def _is_context_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in ("context", "too long", "maximum", "token"))
 
 
 def unit_vector(vector: list[float]) -> list[float]:

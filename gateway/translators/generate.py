@@ -1,11 +1,21 @@
-"""/api/generate -> Chat Completions: `system` and `prompt` become the conversation."""
+"""/api/generate -> Chat Completions, or legacy Completions for `raw` and `suffix`.
+
+`system` and `prompt` (with `images`) become the conversation. `raw` and `suffix` (fill in the
+middle) go to `/v1/completions` when the route says the upstream has it; otherwise `raw` falls
+back onto chat (the upstream then applies its chat template) and `suffix` is a 400, as Ollama
+answers a model without the `insert` capability. `template` cannot be honoured and is ignored;
+`context` (token ids from an earlier reply) cannot be detokenized and is ignored: the gateway
+keeps no history, and returns `context: []` so clients that require the key find it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import BadRequest
 from gateway.ollama import GenerateRequest
 from gateway.translators.completion import ChatCompletionTranslator
+from gateway.translators.messages import user_content
 
 
 class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
@@ -13,16 +23,42 @@ class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
 
     request_type = GenerateRequest
     request: GenerateRequest
+    verb = "generate"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.request
+        if request.raw and (request.system or request.template or request.context):
+            raise BadRequest("raw mode does not support template, system, or context")
+        self.legacy = bool(request.suffix or request.raw) and self.target.quirks.completions
+        if self.legacy:
+            self.upstream_path = "/completions"
 
     def is_empty(self) -> bool:
         return not self.request.prompt
+
+    def check_capabilities(self) -> None:
+        super().check_capabilities()
+        declared = self.target.route.capabilities
+        if self.request.suffix and (not self.target.quirks.completions or (declared and "insert" not in declared)):
+            raise BadRequest(f'"{self.request.model}" does not support insert')
 
     def upstream_messages(self) -> list[dict[str, Any]]:
         messages = []
         if self.request.system:
             messages.append({"role": "system", "content": self.request.system})
-        messages.append({"role": "user", "content": self.request.prompt})
+        messages.append({"role": "user", "content": user_content(self.request.prompt, self.request.images)})
         return messages
+
+    def upstream_body(self) -> dict[str, Any]:
+        if not self.legacy:
+            return super().upstream_body()
+        body: dict[str, Any] = {"model": self.target.upstream_model, "prompt": self.request.prompt}
+        if self.request.suffix:
+            body["suffix"] = self.request.suffix
+        self._prompt_chars = len(self.request.prompt) + len(self.request.suffix or "")
+        self._add_common(body, None)
+        return body
 
     def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         chunk = self.base_chunk()
@@ -37,4 +73,6 @@ class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
     def final(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         reply = self.chunk(content, thinking, tool_calls)
         reply["done"] = True
+        if not self.request.raw:
+            reply["context"] = []
         return reply

@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.errors import BadRequest
+from gateway.providers import Quirks
 
 _SAME_NAME = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+# Options that configure how Ollama loads a model: no per-request meaning upstream, never sent.
+LOAD_TIME = frozenset(
+    "num_ctx num_keep num_batch num_gpu main_gpu use_mmap num_thread draft_num_predict numa low_vram f16_kv "
+    "logits_all vocab_only use_mlock embedding_only".split()
+)
 
 
-def sampling_params(options: dict[str, Any] | None) -> dict[str, Any]:
-    """The OpenAI sampling parameters for the options a client set."""
+def sampling_params(options: dict[str, Any] | None, quirks: Quirks) -> tuple[dict[str, Any], list[str]]:
+    """The upstream parameters for the options a client set, and the names that were dropped.
+
+    Options without an OpenAI counterpart (top_k, min_p, repeat_penalty, ...) are sent only to
+    upstreams whose quirks list them in `extra_options` (OpenAI and Groq reject unknown keys).
+    """
     if not options:
-        return {}
+        return {}, []
     params: dict[str, Any] = {}
     for name in _SAME_NAME:
         value = options.get(name)
@@ -28,19 +40,40 @@ def sampling_params(options: dict[str, Any] | None) -> dict[str, Any]:
         params["seed"] = int(seed)
     num_predict = options.get("num_predict")
     if num_predict is not None and num_predict > 0:  # -1 infinite, -2 fill the context
-        params["max_tokens"] = int(num_predict)
+        params[quirks.max_tokens_field] = int(num_predict)
     stop = options.get("stop")
     if stop:
-        params["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    return params
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        params["stop"] = stops[: quirks.stop_limit] if quirks.stop_limit else stops
+    dropped = []
+    for name, value in options.items():
+        if value is None or name in _HANDLED:
+            continue
+        upstream_name = quirks.extra_options.get(name)
+        if upstream_name is not None:
+            params[upstream_name] = value
+        elif name not in LOAD_TIME:
+            dropped.append(name)
+    return params, dropped
 
 
-def response_format(format_: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """`format: "json"` -> json_object; a JSON schema -> json_schema in OpenAI's {name, schema} wrapper."""
+_HANDLED = frozenset((*_SAME_NAME, "seed", "num_predict", "stop"))
+
+
+def response_format(format_: str | dict[str, Any] | None, quirks: Quirks) -> tuple[dict[str, Any] | None, str | None]:
+    """`format` as OpenAI's `response_format`, plus a system line to add (or None).
+
+    "json" -> json_object (OpenAI demands the word "json" in the prompt: the caller adds the line
+    when no message says it); a JSON schema -> json_schema in the {name, schema} wrapper OpenAI
+    requires, or, for upstreams without json_schema, json_object with the schema in a system line.
+    """
     if format_ is None or format_ == "":
-        return None
+        return None, None
     if format_ == "json":
-        return {"type": "json_object"}
+        return {"type": "json_object"}, "Respond with a JSON object."
     if isinstance(format_, dict):
-        return {"type": "json_schema", "json_schema": {"name": "response", "schema": format_, "strict": False}}
+        if quirks.json_schema:
+            return {"type": "json_schema", "json_schema": {"name": "response", "schema": format_, "strict": False}}, None
+        schema = orjson.dumps(format_).decode()
+        return {"type": "json_object"}, f"Respond with a JSON object that follows this JSON schema: {schema}"
     raise BadRequest(f'invalid format: "{format_}"; expected "json" or a valid JSON Schema object')

@@ -1,0 +1,205 @@
+"""Ollama conversation -> OpenAI `messages` and `tools` (openai-mapping.md §1.2–1.6).
+
+- Images (base64, or a full data URI) become `image_url` parts with the MIME type sniffed from
+  the bytes; only `user` messages may carry them upstream, so images on other roles move into a
+  user message placed after the tool-result block.
+- Assistant tool calls go up with JSON-string arguments and ids: the client's id, else a
+  deterministic one (same conversation, same ids: upstream prompt caches keep working).
+- Tool results are paired with their calls whether the client sent `tool_call_id`, only
+  `tool_name`, or neither; unanswered calls get an empty result, orphan results become text.
+- Tool names OpenAI would reject are rewritten, and restored on the way back (`ToolNames`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest
+from gateway.ollama import Message, ToolCall
+from gateway.providers import Quirks
+
+_VALID_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_INVALID_TOOL_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "developer": "system"}
+
+
+class ToolNames:
+    """Per-request map between the client's tool names and names the upstream accepts."""
+
+    __slots__ = ("_upstream", "_original")
+
+    def __init__(self) -> None:
+        self._upstream: dict[str, str] = {}
+        self._original: dict[str, str] = {}
+
+    def upstream(self, name: str) -> str:
+        known = self._upstream.get(name)
+        if known is not None:
+            return known
+        if _VALID_TOOL_NAME.match(name):
+            safe = name
+        else:
+            safe = _INVALID_TOOL_CHARS.sub("_", name)[:64] or "tool"
+            if safe in self._original:
+                suffix = "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+                safe = safe[: 64 - len(suffix)] + suffix
+        self._upstream[name] = safe
+        self._original[safe] = name
+        return safe
+
+    def original(self, upstream_name: str) -> str:
+        return self._original.get(upstream_name, upstream_name)
+
+    @property
+    def renamed(self) -> bool:
+        return any(original != safe for safe, original in self._original.items())
+
+
+def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list[dict[str, Any]] | None:
+    """Rebuilt function tools (only the keys OpenAI knows); None for no tools (never `[]`)."""
+    if not tools:
+        return None
+    rebuilt = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise BadRequest(f"tools[{index}]: a function tool needs function.name")
+        parameters = function.get("parameters")
+        definition: dict[str, Any] = {
+            "name": names.upstream(function["name"]),
+            "parameters": parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}},
+        }
+        if isinstance(function.get("description"), str):
+            definition["description"] = function["description"]
+        rebuilt.append({"type": "function", "function": definition})
+    return rebuilt
+
+
+def image_part(encoded: str, index: int) -> dict[str, Any]:
+    """An `image_url` part for one Ollama image; 400 for bad base64 or bytes that are no image."""
+    if encoded.startswith("data:"):
+        encoded = encoded.partition(",")[2]
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        position = _first_bad_base64_byte(encoded)
+        raise BadRequest(f"illegal base64 data at input byte {position}") from exc
+    mime = sniff_image_type(raw)
+    if mime is None:
+        raise BadRequest(f"image {index} is not a PNG, JPEG, GIF or WebP image")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _first_bad_base64_byte(text: str) -> int:
+    for position, char in enumerate(text):
+        if not (char.isalnum() or char in "+/="):
+            return position
+    return len(text)
+
+
+def user_content(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
+    """A plain string, or text-then-image parts when there are images."""
+    if not images:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    parts.extend(image_part(image, index) for index, image in enumerate(images))
+    return parts
+
+
+def synthetic_call_id(message_index: int, call_index: int, name: str, arguments: Any) -> str:
+    canonical = arguments if isinstance(arguments, str) else orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+    digest = hashlib.sha256(f"{message_index}:{call_index}:{name}:{canonical}".encode()).hexdigest()
+    return "call_" + digest[:24]
+
+
+def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames) -> list[dict[str, Any]]:
+    """The whole conversation, converted and with every tool call answered exactly once."""
+    last_user = max((index for index, message in enumerate(messages) if message.role == "user"), default=-1)
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # (id, upstream name) of calls still waiting for a result
+    moved_images: list[str] = []
+
+    def close_turn() -> None:
+        for call_id, _ in pending:
+            out.append({"role": "tool", "tool_call_id": call_id, "content": ""})
+        pending.clear()
+        if moved_images:
+            out.append({"role": "user", "content": user_content("", list(moved_images))})
+            moved_images.clear()
+
+    for index, message in enumerate(messages):
+        if message.role == "tool":
+            _tool_result(message, pending, out, quirks, names)
+            moved_images.extend(message.images or ())
+            continue
+        close_turn()
+        role = _ROLES.get(message.role, "user")
+        if role == "user":
+            out.append({"role": "user", "content": user_content(message.content, message.images)})
+            continue
+        moved_images.extend(message.images or ())
+        if role == "assistant":
+            out.append(_assistant(message, index, index > last_user, quirks, names, pending))
+        else:
+            out.append({"role": role, "content": message.content})
+    close_turn()
+    return out
+
+
+def _assistant(
+    message: Message, index: int, current_turn: bool, quirks: Quirks, names: ToolNames, pending: list[tuple[str, str]]
+) -> dict[str, Any]:
+    converted: dict[str, Any] = {"role": "assistant", "content": message.content}
+    if message.thinking and current_turn and quirks.reasoning_input != "drop":
+        # Only the current tool loop's reasoning goes back (DeepSeek requires it; older turns drop it).
+        converted[quirks.reasoning_input] = message.thinking
+    if message.tool_calls:
+        converted["tool_calls"] = [_call(call, index, position, names, pending) for position, call in enumerate(message.tool_calls)]
+        if not message.content:
+            converted["content"] = None
+    return converted
+
+
+def _call(call: ToolCall, message_index: int, position: int, names: ToolNames, pending: list[tuple[str, str]]) -> dict[str, Any]:
+    name = names.upstream(call.function.name)
+    arguments = call.function.arguments
+    text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+    call_id = call.id or synthetic_call_id(message_index, position, call.function.name, arguments)
+    pending.append((call_id, name))
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def _tool_result(message: Message, pending: list[tuple[str, str]], out: list[dict[str, Any]], quirks: Quirks, names: ToolNames) -> None:
+    if not pending:
+        # An orphan result: OpenAI rejects a tool message no call asked for, so keep it as text.
+        out.append({"role": "user", "content": f"[tool result] {message.content}"})
+        return
+    chosen = 0
+    if message.tool_call_id and any(call_id == message.tool_call_id for call_id, _ in pending):
+        chosen = next(i for i, (call_id, _) in enumerate(pending) if call_id == message.tool_call_id)
+    elif message.tool_name:
+        wanted = names.upstream(message.tool_name)
+        chosen = next((i for i, (_, name) in enumerate(pending) if name == wanted), 0)
+    call_id, name = pending.pop(chosen)
+    result: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": message.content}
+    if quirks.tool_result_name:
+        result["name"] = name
+    out.append(result)

@@ -1,0 +1,89 @@
+"""Thinking: Ollama's `think` -> the upstream's reasoning knob, and `<think>` tags -> `thinking`.
+
+The knob is chosen per upstream or model in routes.yaml (`reasoning:`), because the right one
+depends on the provider and the model family (openai-mapping.md §1.7). `think` absent sends
+nothing: the model's default applies, as in Ollama.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.providers import ReasoningKnob
+
+_OPEN, _CLOSE = "<think>", "</think>"
+
+
+def reasoning_params(knob: ReasoningKnob, think: bool | str | None) -> dict[str, Any]:
+    """Top-level body keys that carry `think` to an upstream using `knob`."""
+    if think is None or knob == "none":
+        return {}
+    level = think if isinstance(think, str) else None
+    if knob == "reasoning_effort":
+        if think is False:
+            return {"reasoning_effort": "none"}
+        return {"reasoning_effort": "high" if level == "max" else level} if level else {}
+    if knob == "openrouter":
+        if level:
+            return {"reasoning": {"effort": "xhigh" if level == "max" else level}}
+        return {"reasoning": {"enabled": bool(think)}}
+    if knob == "chat_template_kwargs":
+        kwargs: dict[str, Any] = {"enable_thinking": think is not False}
+        if level:
+            kwargs["reasoning_effort"] = level
+        return {"chat_template_kwargs": kwargs}
+    # groq: qwen3 takes reasoning_effort none/default, gpt-oss low/medium/high; reasoning comes back parsed
+    if think is False:
+        return {"reasoning_effort": "none"}
+    params: dict[str, Any] = {"reasoning_format": "parsed"}
+    if level:
+        params["reasoning_effort"] = "high" if level == "max" else level
+    return params
+
+
+class ThinkTagSplitter:
+    """Splits streamed content into (content, thinking) at `<think>`/`</think>`, across chunk edges.
+
+    A tag cut by a chunk boundary is held back until the next piece shows whether it is one.
+    """
+
+    __slots__ = ("_thinking", "_held")
+
+    def __init__(self) -> None:
+        self._thinking = False
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        text = self._held + text
+        self._held = ""
+        content: list[str] = []
+        thinking: list[str] = []
+        while text:
+            tag = _CLOSE if self._thinking else _OPEN
+            found = text.find(tag)
+            target = thinking if self._thinking else content
+            if found >= 0:
+                target.append(text[:found])
+                text = text[found + len(tag) :]
+                if self._thinking:
+                    text = text.lstrip("\n")  # Ollama drops the blank line after </think>
+                self._thinking = not self._thinking
+                continue
+            keep = _partial_tag_length(text, tag)
+            target.append(text[: len(text) - keep])
+            self._held = text[len(text) - keep :]
+            break
+        return "".join(content), "".join(thinking)
+
+    def flush(self) -> tuple[str, str]:
+        """What was held back when the stream ends: it was no tag after all."""
+        held, self._held = self._held, ""
+        return ("", held) if self._thinking else (held, "")
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a beginning of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
