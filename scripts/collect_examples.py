@@ -13,6 +13,12 @@ errors) this script POSTs one raw request with ``httpx`` and writes the exact re
                    "body_text": "data: {...}\\n\\ndata: [DONE]\\n\\n"}
     }
 
+Features: chat, chat_stream, tools, tools_stream, parallel_tools_stream, reasoning,
+reasoning_stream, json_mode, json_schema, embeddings, models, error_unknown_model,
+error_bad_request, error_bad_key; optionally (``--with-optional`` or ``--only``)
+error_context_length and error_context_length_stream, which need a prompt longer than the
+model's context window (``--context-overflow-words``).
+
 JSON responses are stored parsed under ``"body"``; SSE and other bodies verbatim under
 ``"body_text"``.  ``path`` is the URL path on the server (base URL path included).  The
 gateway's tests replay these files from a loopback HTTP server.  A feature the server does
@@ -35,7 +41,7 @@ history), then run from the repository root with the project venv:
         --reasoning-model deepseek/deepseek-r1 --reasoning-extra '{"reasoning": {"enabled": true}}' \\
         --only reasoning reasoning_stream
 
-    # OpenAI reasoning models want max_completion_tokens (and reject temperature):
+    # OpenAI reasoning models want max_completion_tokens (the reasoning features send no temperature):
     python scripts/collect_examples.py --provider openai --base-url https://api.openai.com/v1 \\
         --chat-model gpt-4o-mini --reasoning-model o4-mini \\
         --max-tokens-param max_completion_tokens --only reasoning reasoning_stream
@@ -48,7 +54,8 @@ The local llama-cpp-python server (see shared/tools/README.md) is recorded with:
 
     COLLECT_API_KEY=test-key python scripts/collect_examples.py --provider llama-cpp-python \\
         --base-url http://127.0.0.1:8080/v1 --chat-model tiny-chat --embed-model tiny-embed \\
-        --server-desc "llama-cpp-python X.Y.Z server (tiny-chat.gguf from shared/tools/make_tiny_gguf.py)"
+        --reasoning-max-tokens 24 --with-optional \\
+        --server-desc "llama-cpp-python X.Y.Z server (tiny-chat.gguf and tiny-embed.gguf from shared/tools/make_tiny_gguf.py)"
 """
 
 from __future__ import annotations
@@ -85,6 +92,13 @@ FEATURES = [
     "error_unknown_model",
     "error_bad_request",
     "error_bad_key",
+]
+
+# Not collected by default (a real provider needs a prompt of its whole context window, i.e. a
+# large paid request): name them in --only, or add them with --with-optional.
+OPTIONAL_FEATURES = [
+    "error_context_length",
+    "error_context_length_stream",
 ]
 
 WEATHER_TOOL = {
@@ -152,6 +166,8 @@ class Recorded:
 def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
     mt = {args.max_tokens_param: args.max_tokens}
     mt_reason = {args.max_tokens_param: args.reasoning_max_tokens}
+    mt_tools = {args.max_tokens_param: args.tools_max_tokens}
+    mt_json = {args.max_tokens_param: args.json_max_tokens}
     sampling = {} if args.no_temperature else {"temperature": 0}
     include_usage = {"stream_options": {"include_usage": True}}
     reasoning_model = args.reasoning_model or args.chat_model
@@ -159,8 +175,8 @@ def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
     tool_choice_forced = {"type": "function", "function": {"name": "get_weather"}}
     embed_dims = {"dimensions": args.embed_dimensions} if args.embed_dimensions else {}
 
-    def chat(messages: list[dict], **extra: Any) -> dict:
-        return {"model": args.chat_model, "messages": messages, **mt, **sampling, **extra}
+    def chat(messages: list[dict], cap: dict | None = None, **extra: Any) -> dict:
+        return {"model": args.chat_model, "messages": messages, **(cap or mt), **sampling, **extra}
 
     hello = [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -173,6 +189,7 @@ def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
             "content": "What is the weather in Oslo and in Paris? Call get_weather once for each city, in parallel.",
         }
     ]
+    overflow = [{"role": "user", "content": " ".join(["water"] * args.context_overflow_words)}]
     reasoning_msgs = [{"role": "user", "content": "Is 17 a prime number? Think it through, then answer yes or no."}]
     json_msgs = [
         {"role": "system", "content": "Reply with a JSON object only."},
@@ -183,13 +200,14 @@ def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
         Spec("chat", "POST", "/chat/completions", chat(hello), 200, check_chat),
         Spec("chat_stream", "POST", "/chat/completions", chat(hello, stream=True, **include_usage), 200,
              check_chat_stream, stream=True),
-        Spec("tools", "POST", "/chat/completions", chat(weather, tools=[WEATHER_TOOL], tool_choice=tool_choice_forced),
+        Spec("tools", "POST", "/chat/completions", chat(weather, mt_tools, tools=[WEATHER_TOOL], tool_choice=tool_choice_forced),
              200, check_tools),
         Spec("tools_stream", "POST", "/chat/completions",
-             chat(weather, tools=[WEATHER_TOOL], tool_choice=tool_choice_forced, stream=True, **include_usage),
+             chat(weather, mt_tools, tools=[WEATHER_TOOL], tool_choice=tool_choice_forced, stream=True,
+                  **include_usage),
              200, check_tools_stream, stream=True),
         Spec("parallel_tools_stream", "POST", "/chat/completions",
-             chat(weather2, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=True, stream=True,
+             chat(weather2, mt_tools, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=True, stream=True,
                   **include_usage),
              200, check_parallel_tools_stream, stream=True),
         Spec("reasoning", "POST", "/chat/completions",
@@ -200,13 +218,13 @@ def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
               **include_usage},
              200, check_reasoning_stream, stream=True),
         Spec("json_mode", "POST", "/chat/completions",
-             chat(json_msgs, response_format={"type": "json_object"}) | {args.max_tokens_param: args.json_max_tokens},
+             chat(json_msgs, mt_json, response_format={"type": "json_object"}),
              200, check_json_mode),
         Spec("json_schema", "POST", "/chat/completions",
-             chat(json_msgs, response_format={
+             chat(json_msgs, mt_json, response_format={
                  "type": "json_schema",
                  "json_schema": {"name": "weather", "schema": WEATHER_SCHEMA, "strict": True},
-             }) | {args.max_tokens_param: args.json_max_tokens},
+             }),
              200, check_json_schema),
         Spec("embeddings", "POST", "/embeddings",
              {"model": args.embed_model, "input": EMBED_INPUTS, "encoding_format": "float", **embed_dims},
@@ -217,6 +235,9 @@ def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
         Spec("error_bad_request", "POST", "/chat/completions",
              chat([{"role": "wizard", "content": "Say hello."}]), 400, check_error),
         Spec("error_bad_key", "POST", "/chat/completions", chat(hello), 401, check_error, api_key=BAD_KEY),
+        Spec("error_context_length", "POST", "/chat/completions", chat(overflow), 400, check_error),
+        Spec("error_context_length_stream", "POST", "/chat/completions",
+             chat(overflow, stream=True, **include_usage), 400, check_error_stream, stream=True),
     ]
     return {s.feature: s for s in specs}
 
@@ -349,11 +370,24 @@ def check_chat_stream(rec: Recorded) -> tuple[bool, str]:
     return rec.status == 200 and bool(chunks), note
 
 
+def _args_note(args_by_call: list[str]) -> str:
+    notes = []
+    for a in args_by_call:
+        try:
+            json.loads(a or "{}")
+            notes.append("valid")
+        except json.JSONDecodeError:
+            notes.append("INVALID")
+    return "args " + ",".join(notes) if notes else "no args"
+
+
 def check_tools(rec: Recorded) -> tuple[bool, str]:
     msg = _choice0(rec.json_body).get("message") or {}
     calls = msg.get("tool_calls") or []
     names = [((c.get("function") or {}).get("name")) for c in calls]
-    return bool(calls), f"{len(calls)} tool_calls {names}; finish={_choice0(rec.json_body).get('finish_reason')}"
+    args = [((c.get("function") or {}).get("arguments")) or "" for c in calls]
+    return bool(calls), (f"{len(calls)} tool_calls {names}, {_args_note(args)}; "
+                         f"finish={_choice0(rec.json_body).get('finish_reason')}")
 
 
 def _tool_deltas(rec: Recorded) -> tuple[list[dict], str]:
@@ -362,12 +396,20 @@ def _tool_deltas(rec: Recorded) -> tuple[list[dict], str]:
     return tds, note
 
 
+def _assembled_args(tds: list[dict]) -> list[str]:
+    slots: dict[Any, str] = {}
+    for t in tds:
+        key = t.get("index", t.get("id"))
+        slots[key] = slots.get(key, "") + ((t.get("function") or {}).get("arguments") or "")
+    return list(slots.values())
+
+
 def check_tools_stream(rec: Recorded) -> tuple[bool, str]:
     if not rec.is_sse:
         return False, "not SSE"
     tds, note = _tool_deltas(rec)
     with_id = sum(1 for t in tds if t.get("id"))
-    return bool(tds), f"{len(tds)} tool_call deltas ({with_id} with id); {note}"
+    return bool(tds), f"{len(tds)} tool_call deltas ({with_id} with id), {_args_note(_assembled_args(tds))}; {note}"
 
 
 def check_parallel_tools_stream(rec: Recorded) -> tuple[bool, str]:
@@ -447,6 +489,19 @@ def check_models(rec: Recorded) -> tuple[bool, str]:
     return True, "ids " + ", ".join(str(m.get("id")) for m in data[:6]) + (" ..." if len(data) > 6 else "")
 
 
+def check_error_stream(rec: Recorded) -> tuple[bool, str]:
+    """An error that may come as a status, as an SSE error event, or as an empty 200 stream."""
+    if rec.status >= 400:
+        return check_error(rec)
+    chunks, note = _stream_stats(rec)
+    errors = [c for c in chunks if "error" in c]
+    if errors:
+        return True, f"SSE error event: {json.dumps(errors[0].get('error'))[:60]!r}; {note}"
+    if not rec.text.strip():
+        return False, "200 with an EMPTY body (no chunks, no [DONE])"
+    return False, note
+
+
 def check_error(rec: Recorded) -> tuple[bool, str]:
     body = rec.json_body if rec.is_json else None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -468,7 +523,7 @@ def check_error(rec: Recorded) -> tuple[bool, str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Record OpenAI-compatible responses as replayable fixtures.",
-        epilog="Features: " + " ".join(FEATURES),
+        epilog="Features: " + " ".join(FEATURES) + ". Optional: " + " ".join(OPTIONAL_FEATURES) + ".",
     )
     p.add_argument("--base-url", default="http://127.0.0.1:8080/v1", help="OpenAI base URL incl. /v1 (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("COLLECT_API_KEY"),
@@ -483,8 +538,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='extra top-level request fields for the reasoning features '
                         '(default: {"reasoning_effort": "low"}), e.g. \'{"reasoning": {"enabled": true}}\'')
     p.add_argument("--out", type=Path, help="output folder (default: references/openai-examples/<provider>/)")
-    p.add_argument("--only", nargs="+", choices=FEATURES, metavar="FEATURE", help="collect only these features")
-    p.add_argument("--max-tokens", type=int, default=24, help="generation cap for chat/tools (default: %(default)s)")
+    p.add_argument("--only", nargs="+", choices=FEATURES + OPTIONAL_FEATURES, metavar="FEATURE",
+                   help="collect only these features")
+    p.add_argument("--with-optional", action="store_true",
+                   help="also collect " + ", ".join(OPTIONAL_FEATURES))
+    p.add_argument("--context-overflow-words", type=int, default=1500,
+                   help="prompt length in words for error_context_length* (default: %(default)s; a real provider "
+                        "needs more than its context window)")
+    p.add_argument("--max-tokens", type=int, default=24, help="generation cap for chat and errors (default: %(default)s)")
+    p.add_argument("--tools-max-tokens", type=int, default=64,
+                   help="cap for tools/tools_stream/parallel_tools_stream (default: %(default)s)")
     p.add_argument("--json-max-tokens", type=int, default=64, help="cap for json_mode/json_schema (default: %(default)s)")
     p.add_argument("--reasoning-max-tokens", type=int, default=512, help="cap for reasoning (default: %(default)s)")
     p.add_argument("--max-tokens-param", choices=["max_tokens", "max_completion_tokens"], default="max_tokens")
@@ -512,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     source = f"recorded from {server} by scripts/collect_examples.py on {today}"
 
     specs = build_specs(args)
-    wanted = args.only or FEATURES
+    wanted = args.only or (FEATURES + OPTIONAL_FEATURES if args.with_optional else FEATURES)
     rows: list[tuple[str, str, str, str, str]] = []
     timeout = httpx.Timeout(args.timeout, connect=10.0)
     with httpx.Client(timeout=timeout) as client:
@@ -527,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((feature, "-", str(spec.expect_status), "FAILED", f"{type(exc).__name__}: {exc}"))
                 continue
             supported, note = spec.check(rec)
+            if rec.status >= 400 and spec.expect_status < 400:
+                note = check_error(rec)[1]
             if rec.status != spec.expect_status:
                 verdict = "unexpected" if spec.expect_status >= 400 or rec.status == 200 else "unsupported"
             else:

@@ -79,6 +79,15 @@ def assert_ollama_shape(type_name: str, obj: dict) -> None:
 # --- the stored schemas are the installed SDK's ---------------------------------------
 
 
+def test_date_time_format_is_enforced():
+    """jsonschema only checks "date-time" when rfc3339-validator is installed; without it a bad
+    modified_at/expires_at would pass the schema half of assert_ollama_shape silently."""
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    assert "date-time" in checker.checkers, "pip install rfc3339-validator (needed by jsonschema's date-time check)"
+    assert not checker.conforms("yesterday", "date-time")
+    assert checker.conforms("2026-11-25T16:58:01.512377311Z", "date-time")
+
+
 def test_all_response_types_exist_in_sdk():
     assert extract.available_types() == extract.RESPONSE_TYPES
 
