@@ -373,3 +373,20 @@ def test_suffix_without_completions_is_a_400() -> None:
 def test_generate_chunks_always_carry_response_and_context_on_final() -> None:
     chunks = run_stream(generate({"prompt": "hi", "images": [PNG]}), [delta(content="yo"), finish()])
     assert chunks[0]["response"] == "yo" and chunks[-1]["response"] == "" and chunks[-1]["context"] == []
+
+
+# -- recorded from a real server (llama-cpp-python) -----------------------------------------------
+
+def test_recorded_llama_cpp_tool_stream_repeats_id_and_name_on_every_delta() -> None:
+    chunks = run_stream(chat({"messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER_TOOL]}),
+                        fixture_events("llama-cpp-python", "tools_stream"))
+    calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
+    assert len(calls) == 1
+    assert calls[0]["id"].startswith("call__0_get_weather_") and calls[0]["id"].count("call_") == 1
+    assert calls[0]["function"]["name"] == "get_weather" and isinstance(calls[0]["function"]["arguments"], dict)
+
+
+def test_recorded_llama_cpp_stream_without_usage_still_has_counts() -> None:
+    chunks = run_stream(chat({"messages": [{"role": "user", "content": "hello"}]}), fixture_events("llama-cpp-python", "chat_stream"))
+    assert chunks[-1]["done"] and chunks[-1]["eval_count"] > 0 and chunks[-1]["done_reason"] == "length"
+    assert "".join(c["message"]["content"] for c in chunks)
