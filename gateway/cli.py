@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -76,14 +77,26 @@ def _route_table(route_map: RouteMap) -> str:
         rows.append((name, route.upstream, upstream_model, upstream.base_url))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3] for row in rows
     )
 
 
+# Seconds between the end of the grace period and Granian killing a worker that is still busy:
+# time for the app to write its last error lines and close.
+_KILL_MARGIN = 5
+
+
 def serve(settings: Settings) -> int:
-    """Run the app on Granian; each worker rebuilds the settings from the exported environment."""
+    """Run the app on Granian; each worker rebuilds the settings from the exported environment.
+
+    On SIGTERM Granian stops accepting connections and waits for requests in flight; the app
+    ends what is left after `shutdown_grace` seconds (guard.Drain), and Granian kills a worker
+    still alive a few seconds later. Headers beyond `max_header_bytes`, or more than 100 of them,
+    get 431 from Granian (hyper) before the app sees the request.
+    """
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     try:
@@ -104,6 +117,8 @@ def serve(settings: Settings) -> int:
         "http": HTTPModes.http1,
         "log_access": False,
         "log_level": LogLevels(settings.log_level),
+        "http1_settings": HTTP1Settings(max_buffer_size=settings.max_header_bytes),
+        "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
     Granian("gateway.app:create_app", **options).serve()
     return 0

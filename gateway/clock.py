@@ -8,7 +8,7 @@ instants (openai-mapping.md §3.4): request received, upstream called, first tok
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _second_cache: tuple[int, str] = (-1, "")
 
@@ -19,7 +19,7 @@ def rfc3339(ns: int) -> str:
     seconds, fraction = divmod(ns, 1_000_000_000)
     cached_second, prefix = _second_cache
     if cached_second != seconds:
-        prefix = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache = (seconds, prefix)
     if fraction:
         return f"{prefix}.{fraction:09d}".rstrip("0") + "Z"

@@ -139,7 +139,7 @@ class RequestLogMiddleware:
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == _REQUEST_ID_HEADER:
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             # Echoed into a header and logs: keep it short and printable.
             if 0 < len(text) <= 128 and text.isprintable():
                 return text

@@ -12,12 +12,12 @@ Per streamed event the work is a few dict lookups: no model objects are built (i
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.clock import now_rfc3339
 from gateway.errors import BadRequest, UpstreamRejected, UpstreamUnavailable, ollama_status
 from gateway.ollama import GenerationRequest
-from gateway.translators.base import RequestT, StreamingTranslator
+from gateway.translators.base import StreamingTranslator
 from gateway.translators.messages import ToolNames
 from gateway.translators.options import response_format, sampling_params
 from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
@@ -27,11 +27,13 @@ from gateway.translators.toolcalls import ToolCallAssembler, ollama_tool_call
 _DONE_REASONS = {"length": "length"}
 
 
-class ChatCompletionTranslator(StreamingTranslator[RequestT]):
+GenerationT = TypeVar("GenerationT", bound=GenerationRequest)
+
+
+class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
     """Shared core of the chat and generate translators."""
 
     upstream_path = "/chat/completions"
-    request: GenerationRequest
     # The Ollama capability this endpoint needs ("chat" models: completion) and its verb in errors.
     verb = "chat"
 

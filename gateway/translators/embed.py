@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.ollama import EmbeddingsRequest, EmbedRequest
@@ -14,7 +14,7 @@ class EmbedTranslator(Translator[EmbedRequest]):
     """Ollama's /api/embed: one unit-length vector per input, in input order."""
 
     request_type = EmbedRequest
-    upstream_path: ClassVar[str] = "/embeddings"
+    upstream_path = "/embeddings"
     request: EmbedRequest
 
     def local_reply(self) -> dict[str, Any] | None:
@@ -58,7 +58,7 @@ class LegacyEmbeddingsTranslator(Translator[EmbeddingsRequest]):
     """The legacy /api/embeddings: one vector, not normalized."""
 
     request_type = EmbeddingsRequest
-    upstream_path: ClassVar[str] = "/embeddings"
+    upstream_path = "/embeddings"
     request: EmbeddingsRequest
 
     def local_reply(self) -> dict[str, Any] | None:

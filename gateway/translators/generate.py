@@ -44,7 +44,7 @@ class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
             raise BadRequest(f'"{self.request.model}" does not support insert')
 
     def upstream_messages(self) -> list[dict[str, Any]]:
-        messages = []
+        messages: list[dict[str, Any]] = []
         if self.request.system:
             messages.append({"role": "system", "content": self.request.system})
         messages.append({"role": "user", "content": user_content(self.request.prompt, self.request.images)})
