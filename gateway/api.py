@@ -14,24 +14,34 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from gateway.auth import GRANT, ModelForbidden
 from gateway.clock import RequestClock
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
+from gateway.limits import json_too_deep
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
 from gateway.routemap import Target, has_tag
 from gateway.state import GatewayState
-from gateway.streaming import ndjson_stream, open_ndjson_stream
+from gateway.failover import serve_translated
 
 router = APIRouter()
 log = structlog.get_logger()
 
 
-def _state(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency on a thread pool, a thread
+# hand-off per request (the benchmark profile showed it, issue 3).
+def state_of(request: Request) -> GatewayState:
+    # The state in force when the request started (reload.LiveStateMiddleware): a reload
+    # meanwhile does not change the map a request is served with.
+    state: GatewayState = request.scope["state"]["gateway"]
     return state
 
 
-def _record(request: Request) -> RequestRecord:
+async def _state(request: Request) -> GatewayState:
+    return state_of(request)
+
+
+async def _record(request: Request) -> RequestRecord:
     record: RequestRecord = request.scope["state"]["record"]
     return record
 
@@ -55,6 +65,9 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON in request body: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    depth = state_of(request).settings.max_json_depth
+    if json_too_deep(body, depth):
+        raise BadRequest(f"request body nests JSON deeper than {depth} levels")
     return body
 
 
@@ -134,13 +147,10 @@ async def translated(request: Request, state: GatewayState, record: RequestRecor
         log.debug("options_dropped", options=dropped, upstream=target.upstream_name)
     clock.mark_upstream_called()
     try:
-        if translator.streams:
-            lines = ndjson_stream(state.clients, translator, target, body, record)  # type: ignore[arg-type]
-            response: Response = await open_ndjson_stream(lines, {})
-        else:
-            answer = await state.clients.post(target, translator.upstream_path, body, name)
-            response = json_response(translator.from_response(answer))
-            record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        # Retries and fallbacks (routes.yaml `max_retries`, `fallbacks`), before the first byte.
+        response = await serve_translated(
+            state.clients, state.route_map, record, translator, body, lambda other: translator_class(ollama_request, other, clock)
+        )
     except GatewayError as exc:
         mapped = translator.map_error(exc)
         if mapped is exc:
@@ -155,6 +165,9 @@ def _route(state: GatewayState, record: RequestRecord, name: str, shown_name: st
     target = state.route_map.resolve(name)
     if target is None:
         raise ModelNotFound(shown_name if shown_name is not None else name)
+    grant = GRANT.get()
+    if grant is not None and not grant.allows(name, target.listed_name, None if target.route.is_pattern else target.route.name):
+        raise ModelForbidden(name)
     record.upstream = target.upstream_name
     record.upstream_model = target.upstream_model
     return target

@@ -1,13 +1,17 @@
 """The ASGI application: `create_app()` runs once per Granian worker (`--factory`).
 
 Settings come from the environment (the CLI exports them), the route map is loaded and checked
-once, and the lifespan opens one upstream client per upstream and closes them at shutdown.
+at start (a reload later swaps in a new one, reload.py), and the lifespan opens one upstream
+client per upstream and closes them at shutdown. The
+lifespan also follows the server's SIGTERM to drain in-flight requests (`guard.Drain`); Granian
+runs the lifespan shutdown only once they are done.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import structlog
 from fastapi import FastAPI
@@ -18,12 +22,17 @@ from starlette.responses import PlainTextResponse, Response
 
 from gateway import __version__
 from gateway.api import router
-from gateway.catalog import Catalog
+from gateway.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
-from gateway.logs import RequestLogMiddleware, configure_logging
+from gateway.guard import Drain, RequestGuard, follow_server_signals
+from gateway.limits import UpstreamLimiter
+from gateway.openapi import gateway_openapi
+from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
+from gateway.management import router as management_router
+from gateway.openai_routes import router as openai_router
 from gateway.routemap import load_route_map
+from gateway.reload import LiveGateway, LiveStateMiddleware
 from gateway.settings import Settings
-from gateway.state import GatewayState
 from gateway.translators import load_bindings
 from gateway.upstream import UpstreamClients
 
@@ -35,20 +44,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_format, settings.log_level)
     route_map = load_route_map(settings.routes)
     bindings = load_bindings(route_map.endpoints)
-    modified_ns = settings.routes.stat().st_mtime_ns
+    # Swapped whole on a routes.yaml reload or a discovery refresh (reload.py).
+    live = LiveGateway(settings, route_map, bindings, settings.routes.read_bytes())
+    drain = Drain(settings.shutdown_grace)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        clients = UpstreamClients(route_map)
-        catalog = Catalog(route_map.listed_targets(), modified_ns)
-        app.state.gateway = GatewayState(settings, route_map, bindings, clients, catalog)
-        for warning in route_map.warnings():
-            log.warning("route_map", problem=warning)
+        limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
+        clients = UpstreamClients(route_map, limiter=limiter)
+        stop_following = follow_server_signals(drain)
+        live.start(clients)
         log.info("started", routes=str(settings.routes), models=len(route_map.models), upstreams=len(route_map.upstreams))
         try:
             yield
         finally:
-            await clients.aclose()
+            stop_following()
+            await live.stop()
 
     app = FastAPI(
         title="Ollama Gateway",
@@ -58,15 +69,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
+    app.include_router(management_router)
+    app.include_router(openai_router)
+    app.openapi = partial(gateway_openapi, app)  # type: ignore[method-assign]  # request bodies described
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    # Innermost: the body limit, cancel-on-disconnect and the shutdown drain (guard.py).
+    app.add_middleware(RequestGuard, drain=drain, max_body_bytes=settings.max_body_bytes)
+    if settings.log_content:  # prompts and completions in the log: only when asked (debugging)
+        app.add_middleware(ContentLogMiddleware)
+    # Pins the route map in force to each request and checks routes.yaml `auth` keys; inside
+    # CORS, so a browser's preflight (which carries no key) is still answered.
+    app.add_middleware(LiveStateMiddleware, live=live)
+    # Inside the request log, so refused origins and preflights are logged too.
+    app.add_middleware(CORSMiddleware, policy=OriginPolicy(allowed_origins(settings.origins)))
     app.add_middleware(RequestLogMiddleware)
     return app
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    state = request.scope.get("state", {}).get("gateway")
+    if state is not None:
+        exc.message = state.clients.scrub(exc.message)  # belt and braces: no key in any error
     record = request.scope.get("state", {}).get("record")
     if record is not None:
         record.fail(exc)

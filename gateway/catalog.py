@@ -5,6 +5,9 @@ A routed model has no weights here, so the fields clients require are derived (o
 the upstream model id, the capabilities and context length that routes.yaml declares.
 `model_info` always holds `general.architecture`, `general.basename` and, when known,
 `<arch>.context_length`, the key Copilot and LlamaIndex read the context window from.
+
+`/api/tags` lists the exact entries of routes.yaml and their aliases, then the names found by
+discovery (discovery.py), each once; with inbound auth, only what the request's key may use.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from gateway.clock import rfc3339
 from gateway.ollama import keep_alive_seconds
-from gateway.routemap import Target, has_tag
+from gateway.auth import GRANT
+from gateway.routemap import Target, tagged
 
 _FAMILY = re.compile(r"[a-z]+")
 _DEFAULT_KEEP_ALIVE_S = 300.0
@@ -50,18 +54,28 @@ def details_of(upstream_model: str) -> dict[str, Any]:
 class Catalog:
     """The listing views of one route map; `modified_at` is when that map was written."""
 
-    def __init__(self, routes: list[Target], modified_ns: int) -> None:
+    def __init__(self, routes: list[Target], modified_ns: int, previous: Catalog | None = None) -> None:
         self._routes = routes
         self._modified_at = rfc3339(modified_ns)
+        self.modified_epoch = modified_ns // 1_000_000_000  # `created` in /v1/models
         self._tags = {"models": [self._tag(target) for target in routes]}
-        self._used: dict[str, tuple[Target, float]] = {}
+        # Per listed model, the names a key's model patterns are checked against (auth.py): an
+        # alias is allowed when its entry's own name is.
+        self._grant_names = [(tag["name"], target.route.name) for tag, target in zip(self._tags["models"], routes, strict=True)]
+        # What /api/ps reports outlives a reload or a discovery refresh: the same dict goes on.
+        self._used: dict[str, tuple[Target, float]] = previous._used if previous is not None else {}
 
     def tags(self) -> dict[str, Any]:
-        return self._tags
+        """The /api/tags answer: the models the request's key may use (auth.py), all without auth."""
+        grant = GRANT.get()
+        if grant is None or grant.everything:
+            return self._tags
+        allowed = [grant.allows(*names) for names in self._grant_names]
+        return {"models": [model for model, ok in zip(self._tags["models"], allowed, strict=True) if ok]}
 
     def _tag(self, target: Target) -> dict[str, Any]:
         route = target.route
-        name = route.listed_name
+        name = target.listed_name or route.listed_name
         details = details_of(target.upstream_model)
         if route.context_length:
             details["context_length"] = route.context_length
@@ -110,18 +124,23 @@ class Catalog:
     def mark_used(self, target: Target, name: str, keep_alive: float | str | None) -> None:
         """Remember a model as "loaded" for its keep_alive window, as /api/ps reports it."""
         seconds = _DEFAULT_KEEP_ALIVE_S if keep_alive is None else keep_alive_seconds(keep_alive)
-        key = target.route.listed_name if not target.route.is_pattern else name if has_tag(name) else f"{name}:latest"
+        key = target.listed_name or tagged(name)
         if seconds == 0:
             self._used.pop(key, None)
             return
-        expires = time.time() + (_FOREVER_S if seconds < 0 else seconds)
+        # Longer than "forever" is forever: a date past year 9999 cannot be printed (/api/ps 500).
+        expires = time.time() + (_FOREVER_S if seconds < 0 else min(seconds, _FOREVER_S))
         self._used[key] = (target, expires)
 
     def ps(self) -> dict[str, Any]:
         now = time.time()
-        self._used = {name: entry for name, entry in self._used.items() if entry[1] > now}
+        for expired in [name for name, entry in self._used.items() if entry[1] <= now]:
+            del self._used[expired]
         models = []
+        grant = GRANT.get()
         for name, (target, expires) in sorted(self._used.items(), key=lambda item: item[1][1], reverse=True):
+            if grant is not None and not grant.allows(name):
+                continue
             entry: dict[str, Any] = {
                 "name": name,
                 "model": name,

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.reload import forward_sighup
+from gateway.routemap import RouteMap, RouteMapError, load_route_map, strip_latest, tagged
 from gateway.settings import Settings
 from gateway.translators import BindingError, load_bindings
 
@@ -65,20 +66,46 @@ def check(routes: Path) -> int:
 
 
 def _route_table(route_map: RouteMap) -> str:
-    rows = [("MODEL", "UPSTREAM", "UPSTREAM MODEL", "BASE URL")]
+    """The models in the order names are matched, then the upstreams and the auth summary."""
+    rows = [("MODEL", "UPSTREAM", "UPSTREAM MODEL", "FALLBACKS", "BASE URL")]
     for route in route_map.models:
         upstream = route_map.upstreams[route.upstream]
+        fallbacks = ", ".join(route.fallbacks) or "-"
         if route.is_pattern:
             upstream_model = route.model or ("<name>" if route.name == "*" else "<rest of name>")
-            name = route.name
-        else:
-            upstream_model = route.model or route.name.removesuffix(":latest")
-            name = route.listed_name
-        rows.append((name, route.upstream, upstream_model, upstream.base_url))
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3] for row in rows
-    )
+            rows.append((route.name, route.upstream, upstream_model, fallbacks, upstream.base_url))
+            continue
+        upstream_model = route.model or strip_latest(route.name)
+        rows.append((route.listed_name, route.upstream, upstream_model, fallbacks, upstream.base_url))
+        rows += [(f"{tagged(alias)} (alias)", route.upstream, upstream_model, fallbacks, upstream.base_url) for alias in route.aliases]
+    for name, upstream in route_map.upstreams.items():
+        if upstream.discover:
+            rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.base_url))
+    lines = _columns(rows)
+    lines.append("")
+    upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "TIMEOUTS (connect/first token/total/idle)", "DISCOVER")]
+    for name, upstream in route_map.upstreams.items():
+        timeouts = "/".join(
+            f"{value:g}s" if value is not None else "-"
+            for value in (upstream.connect_timeout, upstream.first_token_timeout, upstream.total_timeout, upstream.timeout)
+        )
+        discover = f"every {upstream.discover_interval:g}s as {upstream.prefix or ''}<id>" if upstream.discover else "-"
+        upstream_rows.append((name, upstream.provider, str(upstream.max_retries), timeouts, discover))
+    lines += _columns(upstream_rows)
+    lines.append("")
+    if route_map.auth is None:
+        lines.append("auth: off (no key is checked)")
+    else:
+        limited = sum(1 for key in route_map.auth.keys if "*" not in key.models)
+        lines.append(f"auth: on, {len(route_map.auth.keys)} key(s), {limited} limited to some models")
+    lines.append("names: exact names and aliases first, then discovered names, then the first matching pattern "
+                 "(a pattern listed before an exact name wins over it)")
+    return "\n".join(lines)
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
 
 
 # Seconds between the end of the grace period and Granian killing a worker that is still busy:
@@ -120,5 +147,8 @@ def serve(settings: Settings) -> int:
         "http1_settings": HTTP1Settings(max_buffer_size=settings.max_header_bytes),
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    Granian("gateway.app:create_app", **options).serve()
+    server = Granian("gateway.app:create_app", **options)
+    # SIGHUP reloads routes.yaml in every worker instead of respawning them (reload.py).
+    server.on_startup(forward_sighup)
+    server.serve()
     return 0

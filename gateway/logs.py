@@ -4,7 +4,8 @@
 binds `request_id` (taken from an `X-Request-Id` header or made here, and echoed back), keeps a
 `RequestRecord` that the handler and the stream fill in, and writes one `request` line when the
 response is over, disconnects included. Nothing is logged per chunk. Prompts, completions and
-keys are never fields of any line.
+keys are never fields of any line, except that `GATEWAY_LOG_CONTENT=true` (a debugging switch,
+off by default) adds `ContentLogMiddleware`: one `content` line per request with both bodies.
 """
 
 from __future__ import annotations
@@ -148,3 +149,41 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
+
+
+class ContentLogMiddleware:
+    """Only with `GATEWAY_LOG_CONTENT=true` (off by default): one `content` line per request with
+    the request body and the response body as sent (each cut at `limit` bytes). For debugging:
+    these are the users' prompts and completions. Never installed otherwise, so it costs nothing."""
+
+    def __init__(self, app: ASGIApp, limit: int = 64 * 1024) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = bytearray()
+        response = bytearray()
+        limit = self.limit
+
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(request) < limit:
+                request.extend(message.get("body", b"")[: limit - len(request)])
+            return message
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.body" and len(response) < limit:
+                response.extend(message.get("body", b"")[: limit - len(response)])
+            await send(message)
+
+        try:
+            await self.app(scope, receive_logged, send_logged)
+        finally:
+            log.info(
+                "content",
+                request=request.decode("utf-8", errors="replace"),
+                response=response.decode("utf-8", errors="replace"),
+            )

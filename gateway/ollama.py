@@ -146,12 +146,21 @@ class GenerateRequest(GenerationRequest):
     images: list[str] | None = None
 
 
+def _valid_keep_alive(value: float | str | None) -> float | str | None:
+    """A keep_alive string must be a Go duration (else a 400 here, not a crash when it is used)."""
+    if isinstance(value, str):
+        parse_duration(value)
+    return value
+
+
 class EmbedRequest(ModelRequest):
     input: str | list[Any] = ""
     truncate: bool | None = None
     dimensions: int | None = Field(default=None, gt=0)
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
+
+    _keep_alive_duration = field_validator("keep_alive")(_valid_keep_alive)
 
     @field_validator("input")
     @classmethod
@@ -173,6 +182,8 @@ class EmbeddingsRequest(ModelRequest):
     prompt: str = ""
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
+
+    _keep_alive_duration = field_validator("keep_alive")(_valid_keep_alive)
 
 
 class ShowRequest(ModelRequest):

@@ -1,14 +1,21 @@
 """The route map: `routes.yaml` read, expanded, validated, and asked which upstream serves a name.
 
-Shape (the user-facing contract; see the README's routes.yaml reference)::
+Shape (the user-facing contract; docs/routes.md documents every key)::
 
-    upstreams: {NAME: {base_url, api_key, timeout, headers}}
-    models:    [{name, upstream, model, capabilities, context_length}, ...]   # first match wins
+    upstreams: {NAME: {base_url, api_key, provider, headers, query, timeouts, retries, discover, ...}}
+    models:    [{name, aliases, upstream, model, fallbacks, capabilities, context_length}, ...]
+    auth:      {keys: [{key, models}, ...]}                                      # optional
     endpoints: {"/api/chat": "package.module:Class", ...}                      # optional
 
 `${VAR}` and `${VAR:-default}` expand from the environment in every string. An unset variable
-without a default is an error naming it, except in an upstream's `api_key`: there it leaves the
-upstream without a key, so the gateway still starts and only requests routed to it fail.
+without a default is an error naming it, except in an upstream's `api_key` (the upstream is left
+without a key, so only requests routed to it fail) and in an `auth` key (that key is disabled,
+so it lets nobody in).
+
+Name resolution (`RouteMap.resolve`), case-insensitive and with `x` = `x:latest` as in Ollama:
+an exact name or alias; else a discovered name (`prefix` + an id from the upstream's
+`/v1/models`); else the first pattern that matches. A pattern listed *before* an exact entry
+wins over it: among the entries of `models`, the first match wins.
 """
 
 from __future__ import annotations
@@ -67,10 +74,45 @@ class UpstreamConfig(QuirkSettings):
 
     base_url: str = Field(pattern=r"^https?://\S+$")
     api_key: SecretStr | None = None
-    timeout: float = Field(default=600.0, gt=0)
+    # The header that carries api_key: `Authorization` (as `Bearer KEY`), or e.g. Azure's `api-key`.
+    auth_header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]+$")
+    # Send the client's own `Authorization: Bearer` token upstream instead of api_key (when it sent one).
+    pass_client_key: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
-    max_retries: int = Field(default=2, ge=0, le=10)
+    query: dict[str, str] = Field(default_factory=dict)  # added to every URL (Azure's api-version)
     provider: ProviderName = "generic"
+    # Seconds. `timeout`: the SDK's read timeout (a stream silent this long mid-way is abandoned);
+    # connect: TCP+TLS; first_token: a request whose first byte for the client has not come by
+    # then is abandoned and falls back; total: the whole request, stream included.
+    timeout: float = Field(default=600.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    first_token_timeout: float | None = Field(default=None, gt=0)
+    total_timeout: float | None = Field(default=None, gt=0)
+    # Retries of this upstream before falling back (connection failures, timeouts, 429, 5xx),
+    # waiting retry_backoff * 2^n plus jitter, at most retry_backoff_max; a 429's Retry-After is
+    # honoured up to retry_after_max (a longer one falls back at once).
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff: float = Field(default=0.5, ge=0)
+    retry_backoff_max: float = Field(default=8.0, ge=0)
+    retry_after_max: float = Field(default=30.0, ge=0)
+    # Discovery: list the upstream's /v1/models in /api/tags as `prefix` + id, and route those names.
+    discover: bool = False
+    prefix: str = ""
+    discover_interval: float = Field(default=300.0, ge=1)
+    discover_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: Any) -> Any:
+        # `${LOCAL_KEY:-}` for an optional key: an empty key is no key (the SDK refuses "").
+        return None if value == "" else value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_name_start(cls, prefix: str) -> str:
+        if "*" in prefix or prefix != prefix.strip():
+            raise ValueError("prefix may not hold '*' or spaces at either end")
+        return prefix
 
     # Name of the `${VAR}` the api_key needed but the environment lacked (set by the loader).
     _missing_key_variable: str | None = PrivateAttr(default=None)
@@ -81,11 +123,13 @@ class UpstreamConfig(QuirkSettings):
 
 
 class ModelRoute(QuirkSettings):
-    """One entry of `models`: an exact Ollama name, or a pattern with one `*`."""
+    """One entry of `models`: an exact Ollama name (with aliases), or a pattern with one `*`."""
 
     name: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
     upstream: str
     model: str | None = Field(default=None, min_length=1)
+    fallbacks: tuple[str, ...] = ()
     capabilities: tuple[Capability, ...] | None = None
     context_length: int | None = Field(default=None, gt=0)
 
@@ -98,6 +142,20 @@ class ModelRoute(QuirkSettings):
             raise ValueError("name has leading or trailing spaces")
         return name
 
+    @field_validator("aliases", "fallbacks")
+    @classmethod
+    def _plain_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not name or name != name.strip() or "*" in name:
+                raise ValueError(f"{name!r} is not a model name (no '*', no spaces at either end)")
+        return names
+
+    @model_validator(mode="after")
+    def _aliases_need_an_exact_name(self) -> ModelRoute:
+        if self.aliases and self.is_pattern:
+            raise ValueError("aliases need an exact name, not a pattern")
+        return self
+
     @property
     def is_pattern(self) -> bool:
         return "*" in self.name
@@ -105,11 +163,42 @@ class ModelRoute(QuirkSettings):
     @property
     def listed_name(self) -> str:
         """The name `/api/tags` shows: always with a tag, as Ollama lists names."""
-        return self.name if has_tag(self.name) else f"{self.name}:latest"
+        return tagged(self.name)
 
     @property
     def capability_list(self) -> list[str]:
         return list(self.capabilities) if self.capabilities else ["completion"]
+
+
+class AuthKey(BaseModel):
+    """One inbound key, optionally limited to some model names or patterns (`*` matches any run)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: SecretStr | None
+    models: tuple[str, ...] = ("*",)
+
+    _missing_variable: str | None = PrivateAttr(default=None)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < 8:
+            raise ValueError("an auth key must be at least 8 characters long")
+        return key
+
+
+class AuthConfig(BaseModel):
+    """Inbound bearer-key checks: on for every endpoint but `GET/HEAD /` once this is present."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: tuple[AuthKey, ...] = Field(min_length=1)
 
 
 class RouteMap(BaseModel):
@@ -119,11 +208,15 @@ class RouteMap(BaseModel):
 
     upstreams: dict[str, UpstreamConfig]
     models: tuple[ModelRoute, ...] = ()
+    auth: AuthConfig | None = None
     endpoints: dict[str, str] = Field(default_factory=dict)
 
     _exact: dict[str, int] = PrivateAttr(default_factory=dict)
     _patterns: list[tuple[int, str, str]] = PrivateAttr(default_factory=list)
     _cache: dict[str, Target | None] = PrivateAttr(default_factory=dict)
+    # Discovered names (canonical) -> their targets; replaced as a whole by `with_discovered`.
+    _discovered: dict[str, Target] = PrivateAttr(default_factory=dict)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check_references(self) -> RouteMap:
@@ -138,15 +231,34 @@ class RouteMap(BaseModel):
                 prefix, suffix = route.name.lower().split("*")
                 self._patterns.append((index, prefix, suffix))
                 continue
-            key = canonical_name(route.name)
-            if key in self._exact:
-                first = self._exact[key]
-                raise ValueError(
-                    f"models[{index}] ({route.name!r}): same name as models[{first}] "
-                    f"({self.models[first].name!r})"
-                )
-            self._exact[key] = index
+            for name in (route.name, *route.aliases):
+                key = canonical_name(name)
+                if key in self._exact:
+                    first = self._exact[key]
+                    raise ValueError(
+                        f"models[{index}] ({route.name!r}): {name!r} is already a name of models[{first}] "
+                        f"({self.models[first].name!r})"
+                    )
+                self._exact[key] = index
+        self._check_fallbacks()
         return self
+
+    def _check_fallbacks(self) -> None:
+        discovering = any(upstream.discover for upstream in self.upstreams.values())
+        for index, route in enumerate(self.models):
+            for fallback in route.fallbacks:
+                target = self._match(fallback, canonical_name(fallback))
+                if target is None and not discovering:
+                    raise ValueError(
+                        f"models[{index}] ({route.name!r}): fallback {fallback!r} matches no entry of models"
+                    )
+                if target is None:
+                    self._warnings.append(
+                        f"models[{index}] ({route.name!r}): fallback {fallback!r} matches no entry of models; "
+                        "it is used only if a discovered list holds it"
+                    )
+                elif target.route is route and not route.is_pattern:
+                    raise ValueError(f"models[{index}] ({route.name!r}): fallback {fallback!r} is this same entry")
 
     def resolve(self, name: str) -> Target | None:
         """The target serving an Ollama model name (any case, with or without `:latest`)."""
@@ -163,6 +275,10 @@ class RouteMap(BaseModel):
 
     def _match(self, name: str, key: str) -> Target | None:
         exact = self._exact.get(key)
+        if exact is None:
+            discovered = self._discovered.get(key)
+            if discovered is not None:
+                return discovered
         for index, prefix, suffix in self._patterns:
             if exact is not None and index > exact:
                 break
@@ -173,46 +289,109 @@ class RouteMap(BaseModel):
                     continue
                 return self._target(index, captured)
         if exact is not None:
-            return self._target(exact, None)
+            route = self.models[exact]
+            listed = route.listed_name
+            if key != canonical_name(route.name):
+                listed = next(tagged(alias) for alias in route.aliases if canonical_name(alias) == key)
+            return self._target(exact, None, listed)
         return None
 
-    def _target(self, index: int, captured: str | None) -> Target:
+    def _target(self, index: int, captured: str | None, listed_name: str | None = None) -> Target:
         route = self.models[index]
         if route.model is not None:
             upstream_model = route.model.replace("*", captured) if captured is not None else route.model
         else:
             upstream_model = captured if captured is not None else strip_latest(route.name)
+        if captured is None and listed_name is None:
+            listed_name = route.listed_name
+        return self.target_for(route, upstream_model, listed_name)
+
+    def target_for(self, route: ModelRoute, upstream_model: str, listed_name: str | None) -> Target:
         upstream = self.upstreams[route.upstream]
         quirks = PRESETS[upstream.provider].merged(upstream.quirk_overrides()).merged(route.quirk_overrides())
-        return Target(route=route, upstream_name=route.upstream, upstream=upstream, upstream_model=upstream_model, quirks=quirks)
+        return Target(
+            route=route, upstream_name=route.upstream, upstream=upstream, upstream_model=upstream_model,
+            quirks=quirks, listed_name=listed_name,
+        )
+
+    def fallback_targets(self, primary: Target) -> list[Target]:
+        """The targets of the primary's `fallbacks`, in order (names that match nothing are left out)."""
+        targets = []
+        for name in primary.route.fallbacks:
+            target = self.resolve(name)
+            if target is not None:
+                targets.append(target)
+        return targets
 
     def listed_targets(self) -> list[Target]:
-        """Exact entries, in file order, with their targets: what `/api/tags` lists."""
-        return [self._target(index, None) for index, route in enumerate(self.models) if not route.is_pattern]
+        """Exact entries and their aliases in file order, then discovered names: what `/api/tags` lists."""
+        listed = []
+        for index, route in enumerate(self.models):
+            if route.is_pattern:
+                continue
+            listed.append(self._target(index, None))
+            listed += [self._target(index, None, tagged(alias)) for alias in route.aliases]
+        listed += [target for key, target in self._discovered.items() if key not in self._exact]
+        return listed
+
+    def with_discovered(self, discovered: Mapping[str, list[ModelRoute]]) -> RouteMap:
+        """A copy of this map that also routes discovered models (upstream name -> its entries)."""
+        copy = self.model_copy()
+        copy._cache = {}
+        copy._discovered = {}
+        for routes in discovered.values():
+            for route in routes:
+                key = canonical_name(route.name)
+                if key not in copy._discovered and route.upstream in self.upstreams:
+                    copy._discovered[key] = self.target_for(route, route.model or route.name, route.listed_name)
+        return copy
+
+    @property
+    def discovered_count(self) -> int:
+        return len(self._discovered)
 
     def warnings(self) -> list[str]:
         """Problems that do not stop the gateway (shown by `check` and logged at start)."""
-        return [
+        warnings = [
             f"upstream {name!r}: api_key needs ${{{upstream.missing_key_variable}}}, which is not set; "
             "requests routed to it will fail until it is"
             for name, upstream in self.upstreams.items()
             if upstream.missing_key_variable
         ]
+        if self.auth is not None:
+            warnings += [
+                f"auth.keys[{index}]: key needs ${{{entry._missing_variable}}}, which is not set; that key lets nobody in"
+                if entry._missing_variable
+                else f"auth.keys[{index}]: key is empty; that key lets nobody in"
+                for index, entry in enumerate(self.auth.keys)
+                if entry.key is None
+            ]
+        return warnings + self._warnings
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one request goes: the matched entry, its upstream, and the upstream's model id."""
+    """Where one request goes: the matched entry, its upstream, and the upstream's model id.
+
+    `listed_name` is the `/api/tags` name that matched (an exact name, alias or discovered
+    name, with its tag); None when a pattern matched.
+    """
 
     route: ModelRoute
     upstream_name: str
     upstream: UpstreamConfig
     upstream_model: str
     quirks: Quirks
+    listed_name: str | None = None
 
 
 def has_tag(name: str) -> bool:
     return ":" in name.rsplit("/", 1)[-1]
+
+
+def tagged(name: str) -> str:
+    """The name as `/api/tags` lists it: with `:latest` when it has no tag."""
+    return name if has_tag(name) else f"{name}:latest"
 
 
 def strip_latest(name: str) -> str:
@@ -224,21 +403,25 @@ def canonical_name(name: str) -> str:
     return strip_latest(name.strip().lower())
 
 
-def load_route_map(path: Path | str, environ: Mapping[str, str] | None = None) -> RouteMap:
-    """Read, expand and validate a routes.yaml file; raise RouteMapError with a precise message."""
+def load_route_map(path: Path | str, environ: Mapping[str, str] | None = None, text: str | None = None) -> RouteMap:
+    """Read, expand and validate a routes.yaml file; raise RouteMapError with a precise message.
+
+    `text`, when given, is the file's content already read (`path` then only names it).
+    """
     path = Path(path)
     environ = os.environ if environ is None else environ
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RouteMapError(f"{path}: cannot read the route map: {exc.strerror or exc}") from exc
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RouteMapError(f"{path}: cannot read the route map: {exc.strerror or exc}") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RouteMapError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise RouteMapError(f"{path}: expected a mapping with 'upstreams' and 'models' at the top level")
-    missing_keys: dict[str, str] = {}
+    missing_keys: dict[tuple[Any, ...], str] = {}
     try:
         expanded = _expand(raw, environ, (), missing_keys)
     except _UnsetVariable as exc:
@@ -247,8 +430,11 @@ def load_route_map(path: Path | str, environ: Mapping[str, str] | None = None) -
         route_map = RouteMap.model_validate(expanded)
     except ValidationError as exc:
         raise RouteMapError(f"{path}: {_describe(exc, expanded)}") from exc
-    for name, variable in missing_keys.items():
-        route_map.upstreams[name]._missing_key_variable = variable
+    for loc, variable in missing_keys.items():
+        if loc[0] == "upstreams":
+            route_map.upstreams[str(loc[1])]._missing_key_variable = variable
+        elif route_map.auth is not None:
+            route_map.auth.keys[int(loc[2])]._missing_variable = variable
     return route_map
 
 
@@ -259,7 +445,7 @@ class _UnsetVariable(Exception):
         self.location = location
 
 
-def _expand(node: Any, environ: Mapping[str, str], loc: tuple[Any, ...], missing_keys: dict[str, str]) -> Any:
+def _expand(node: Any, environ: Mapping[str, str], loc: tuple[Any, ...], missing_keys: dict[tuple[Any, ...], str]) -> Any:
     if isinstance(node, dict):
         return {key: _expand(value, environ, (*loc, key), missing_keys) for key, value in node.items()}
     if isinstance(node, list):
@@ -280,9 +466,10 @@ def _expand(node: Any, environ: Mapping[str, str], loc: tuple[Any, ...], missing
         return _ENV_REF.sub(substitute, node)
     except _UnsetVariable as exc:
         is_api_key = len(loc) == 3 and loc[0] == "upstreams" and loc[2] == "api_key"
-        if not is_api_key:
+        is_auth_key = len(loc) == 4 and loc[:2] == ("auth", "keys") and isinstance(loc[2], int) and loc[3] == "key"
+        if not (is_api_key or is_auth_key):
             raise
-        missing_keys[str(loc[1])] = exc.variable
+        missing_keys[loc] = exc.variable
         return None
 
 

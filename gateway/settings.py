@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
@@ -34,6 +34,22 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ollama_version: str = Field(default=DEFAULT_OLLAMA_VERSION, pattern=r"^\d+\.\d+\.\d+$")
     ollama_host: str | None = Field(default=None, validation_alias="OLLAMA_HOST")
+    # Extra CORS origins, comma-separated, as Ollama's OLLAMA_ORIGINS (see cors.py).
+    origins: str = Field(default="", validation_alias=AliasChoices("GATEWAY_ORIGINS", "OLLAMA_ORIGINS"))
+    # Limits (limits.py, guard.py, cli.serve). Per worker: upstream requests at once (a stream
+    # holds its slot until it ends), and how long a request waits for a slot before its 503.
+    max_concurrent_upstream: int = Field(default=1024, ge=1)
+    queue_timeout: float = Field(default=10.0, ge=0)
+    # Large enough for several base64 images in one chat request.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=64, ge=4, le=200)
+    # The request line plus headers (Granian's HTTP/1 buffer; it answers 431 beyond it).
+    max_header_bytes: int = Field(default=64 * 1024, ge=8192)
+    # Seconds in-flight requests get to finish after SIGTERM; keep it below the orchestrator's
+    # own kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 by default).
+    shutdown_grace: float = Field(default=25.0, ge=0, le=1800)
+    # Log prompts and completions (one `content` line per request). For debugging; off by default.
+    log_content: bool = False
 
     def bind_address(self) -> tuple[str, int]:
         """Where to listen: explicit settings first, then `OLLAMA_HOST`, then 127.0.0.1:11434."""
@@ -51,7 +67,14 @@ class Settings(BaseSettings):
             "GATEWAY_LOG_FORMAT": self.log_format,
             "GATEWAY_LOG_LEVEL": self.log_level,
             "GATEWAY_OLLAMA_VERSION": self.ollama_version,
-        }
+        } | ({"GATEWAY_ORIGINS": self.origins} if self.origins else {}) | self._limits_environ()
+
+    def _limits_environ(self) -> dict[str, str]:
+        names = (
+            "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
+            "shutdown_grace", "log_content",
+        )
+        return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
 
 
 def parse_ollama_host(value: str) -> tuple[str, int]:

@@ -3,6 +3,11 @@
 Bytes arrive in arbitrary network reads; events end at a blank line; `data:` lines of one event
 are joined with newlines; comment lines (`: keep-alive`) and other fields are skipped. The
 decoder yields the decoded JSON of each event and notes the `[DONE]` sentinel.
+
+Buffers start empty and grow only as far as one event needs: a line split across reads is kept
+as a list of its parts and joined once when its newline arrives (so a long event costs linear
+time, whatever the size of the reads), and an event over `max_event_bytes` is refused rather
+than buffered without end.
 """
 
 from __future__ import annotations
@@ -11,41 +16,81 @@ from typing import Any
 
 import orjson
 
+# Ollama's Go client reads NDJSON lines into an 8 MB buffer: an event beyond that is unusable.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
 
 class MalformedEvent(ValueError):
-    """An event's data is not JSON."""
+    """An event's data is not a JSON object, or is too large."""
 
 
 class SSEDecoder:
-    __slots__ = ("_buffer", "_data", "done")
+    __slots__ = ("_parts", "_partial", "_data", "_data_size", "_failure", "done", "events_seen", "max_event_bytes")
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._parts: list[bytes] = []  # the unfinished last line, as received
+        self._partial = 0
+        self._data: list[bytes] = []  # the data lines of the current event
+        self._data_size = 0
         self.done = False
+        self.events_seen = 0
+        self.max_event_bytes = max_event_bytes
+        # A malformed event after good ones in the same read: the good ones are returned first,
+        # and the failure is raised by the next call.
+        self._failure: MalformedEvent | None = None
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         """The complete events in `chunk` plus what was buffered; keeps a trailing partial line."""
-        if self._buffer:
-            chunk = self._buffer + chunk
+        if self._failure is not None:
+            raise self._failure
+        if self.done:
+            return []
+        if b"\n" not in chunk:
+            if chunk:
+                self._parts.append(chunk)
+                self._partial += len(chunk)
+                if self._partial + self._data_size > self.max_event_bytes:
+                    raise self._too_large()
+            return []
+        if self._parts:
+            self._parts.append(chunk)
+            chunk = b"".join(self._parts)
+            self._parts = []
         lines = chunk.split(b"\n")
-        self._buffer = lines.pop()
+        tail = lines.pop()
+        self._partial = len(tail)
+        if tail:
+            self._parts.append(tail)
         events: list[dict[str, Any]] = []
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
                 if self._data:
-                    self._dispatch(events)
+                    try:
+                        self._dispatch(events)
+                    except MalformedEvent as exc:
+                        if not events:
+                            raise
+                        self._failure = exc
+                        return events
+                    if self.done:
+                        return events  # nothing after [DONE] counts, even within the same read
             elif line.startswith(b"data:"):
                 value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
+                value = value[1:] if value.startswith(b" ") else value
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > self.max_event_bytes:
+                    raise self._too_large()
         return events
 
     def close(self) -> list[dict[str, Any]]:
         """Whatever complete event the stream ended with but did not terminate with a blank line."""
+        if self._failure is not None:
+            raise self._failure
         events: list[dict[str, Any]] = []
-        if self._buffer:
+        if self._parts:
             events.extend(self.feed(b"\n"))
         if self._data:
             self._dispatch(events)
@@ -54,14 +99,21 @@ class SSEDecoder:
     def _dispatch(self, events: list[dict[str, Any]]) -> None:
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
         self._data = []
+        self._data_size = 0
         if data == b"[DONE]":
             self.done = True
             return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise MalformedEvent(f"upstream sent a malformed stream event: {exc}") from exc
+            # The parser's position only: the event's text may hold completion text (never logged).
+            raise MalformedEvent(str(exc)) from exc
         if isinstance(event, dict):
+            self.events_seen += 1
             events.append(event)
         else:
-            raise MalformedEvent("upstream sent a stream event that is not a JSON object")
+            raise MalformedEvent(f"an event that is a JSON {type(event).__name__}, not an object")
+
+    def _too_large(self) -> MalformedEvent:
+        return MalformedEvent(f"an event larger than {self.max_event_bytes} bytes")
+

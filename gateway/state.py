@@ -1,10 +1,15 @@
-"""What one worker holds for its lifetime: settings, route map, translators, clients, catalog."""
+"""What a request works with: settings, route map, translators, clients, catalog, auth keys.
+
+One immutable value per route map in force; reload.py swaps in a new one on a reload or a
+discovery refresh, and each request keeps the one it started with.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.auth import KeyChecker
 from gateway.catalog import Catalog
 from gateway.routemap import RouteMap
 from gateway.settings import Settings
@@ -19,3 +24,4 @@ class GatewayState:
     bindings: dict[str, type[Translator[Any]]]
     clients: UpstreamClients
     catalog: Catalog
+    auth: KeyChecker | None = None  # routes.yaml `auth`: None means no key is checked

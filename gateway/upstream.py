@@ -6,13 +6,18 @@ SDK's client (base URL, auth, headers, timeouts, retries before the first byte, 
 but as raw responses: bodies are parsed with orjson and streams with `sse.SSEDecoder`, so no SDK
 model object is built per request or per chunk (issue 3).
 
-`upstream_errors()` maps every SDK and transport failure onto `errors.GatewayError`, with the
-upstream's own message and never a credential.
+`upstream_errors()` classifies every SDK and transport failure (an upstream status, or a fault
+such as "dns", "tls", "idle", "cut") and builds the error from `errors.UPSTREAM_FAULTS`, with the
+upstream's own message and never a credential. Each upstream request holds a slot of the
+worker's `limits.UpstreamLimiter` until its response is closed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import re
+import socket
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -20,29 +25,93 @@ import httpx2
 import openai
 import orjson
 
-from gateway.errors import GatewayError, ModelNotFound, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable, ollama_status
+from gateway.auth import CLIENT_KEY
+from gateway.errors import GatewayError, UpstreamRelayed, UpstreamUnavailable, upstream_fault
+from gateway.limits import UpstreamLimiter
 from gateway.routemap import RouteMap, Target, UpstreamConfig
+from gateway.transport import AiohttpTransport
 from gateway.sse import MalformedEvent, SSEDecoder
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
-_POOL_LIMITS = httpx2.Limits(max_connections=4096, max_keepalive_connections=512, keepalive_expiry=30.0)
-_CONNECT_TIMEOUT = 10.0
+_MAX_CONNECTIONS = 4096  # per upstream per worker: room for thousands of concurrent streams
+_KEEPALIVE_EXPIRY = 30.0
 _MESSAGE_LIMIT = 1000
+_EXCERPT_LIMIT = 200
+_SNIFF_BYTES = 16  # enough to tell `data:`/`:`/`event:` from JSON or HTML
+_NOT_SSE_LIMIT = 64 * 1024  # how much of a body that is not an event stream is read to explain it
+_SSE_STARTS = (b"data:", b":", b"event:", b"id:", b"retry:")
+_TAG = re.compile(rb"<[^>]*>")
+
+
+Client = openai.AsyncOpenAI
+
+
+async def close_clients(clients: list[Client]) -> None:
+    for client in clients:
+        await client.close()
 
 
 class UpstreamClients:
     """The per-worker set of upstream clients, by upstream name."""
 
-    def __init__(self, route_map: RouteMap) -> None:
-        self._clients = {name: _make_client(config) for name, config in route_map.upstreams.items()}
+    def __init__(
+        self, route_map: RouteMap, previous: UpstreamClients | None = None, limiter: UpstreamLimiter | None = None
+    ) -> None:
+        # A reloaded map keeps the client (and its pooled connections) of every upstream whose
+        # settings did not change (see reload.py).
+        self._configs = dict(route_map.upstreams)
+        self._clients: dict[str, Client] = {
+            name: previous._clients[name]
+            if previous is not None and previous._configs.get(name) == config
+            else _make_client(config)
+            for name, config in route_map.upstreams.items()
+        }
+        self._keys = [config.api_key for config in route_map.upstreams.values() if config.api_key is not None]
+        # One limit per worker, whatever reloads happen: a reloaded set keeps its predecessor's.
+        self.limiter: UpstreamLimiter = limiter or (previous.limiter if previous is not None else UpstreamLimiter(1 << 30, 0.0))
+
+    def scrub(self, text: str) -> str:
+        """`text` with every upstream's API key masked (for error messages of any origin)."""
+        secrets = [key.get_secret_value() for key in self._keys]
+        secrets.append(CLIENT_KEY.get() or "")
+        for secret in secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.close()
 
+    def left_out_of(self, successor: UpstreamClients) -> list[Client]:
+        """This set's clients that `successor` does not reuse (to close once nothing uses them)."""
+        kept = {id(client) for client in successor._clients.values()}
+        return [client for client in self._clients.values() if id(client) not in kept]
+
+    def uses(self, client: Client) -> bool:
+        return any(mine is client for mine in self._clients.values())
+
+    async def list_models(self, upstream_name: str, timeout: float) -> list[dict[str, Any]]:
+        """The `data` of the upstream's `GET /models` (discovery); GatewayError on any failure."""
+        client = self._clients[upstream_name]
+        config = self._configs[upstream_name]
+        try:
+            response = await client.get("/models", cast_to=httpx2.Response, options={"timeout": timeout})
+            body = orjson.loads(await response.aread())
+        except openai.APIStatusError as exc:
+            raise UpstreamUnavailable(f"upstream '{upstream_name}' answered {exc.status_code} to GET /models") from exc
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise UpstreamUnavailable(f"upstream '{upstream_name}' GET /models failed: {_cause(exc, config)}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamUnavailable(f"upstream '{upstream_name}' sent a model list that is not JSON") from exc
+        data = body.get("data") if isinstance(body, dict) else body
+        if not isinstance(data, list):
+            raise UpstreamUnavailable(f"upstream '{upstream_name}' sent a model list without 'data'")
+        return [entry for entry in data if isinstance(entry, dict)]
+
     def _client(self, target: Target) -> openai.AsyncOpenAI:
         variable = target.upstream.missing_key_variable
-        if variable:
+        if variable and not (target.upstream.pass_client_key and CLIENT_KEY.get()):
             raise UpstreamUnavailable(
                 f"upstream '{target.upstream_name}' has no API key: set the environment variable {variable}"
             )
@@ -51,17 +120,23 @@ class UpstreamClients:
     async def post(self, target: Target, path: str, body: dict[str, Any], model_name: str) -> dict[str, Any]:
         """POST a JSON body and return the upstream's JSON answer."""
         client = self._client(target)
-        with upstream_errors(target, model_name):
-            response = await client.post(
-                path, cast_to=httpx2.Response, content=orjson.dumps(body), options={"headers": _JSON_HEADERS}
-            )
-            content = await response.aread()
+        async with self.limiter.slot():
+            with upstream_errors(target, model_name):
+                # stream=True: the SDK returns once the status line is in, so a failure while the
+                # body is read is told apart ("cut", "idle") from one before it ("no_answer").
+                response = await client.post(
+                    path, cast_to=httpx2.Response, content=orjson.dumps(body), options={"headers": _JSON_HEADERS}, stream=True
+                )
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
         try:
             answer = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamUnavailable(f"upstream '{target.upstream_name}' sent a body that is not JSON") from exc
+            raise _fault("not_json", target, _excerpt(content)) from exc
         if not isinstance(answer, dict):
-            raise UpstreamUnavailable(f"upstream '{target.upstream_name}' sent JSON that is not an object")
+            raise _fault("not_object", target)
         return answer
 
     @asynccontextmanager
@@ -70,18 +145,82 @@ class UpstreamClients:
     ) -> AsyncIterator[EventStream]:
         """POST a streaming request; the status is checked before this yields."""
         client = self._client(target)
-        with upstream_errors(target, model_name):
-            response = await client.post(
-                path,
-                cast_to=httpx2.Response,
-                content=orjson.dumps(body),
-                options={"headers": _JSON_HEADERS},
-                stream=True,
-            )
+        async with self.limiter.slot():
+            with upstream_errors(target, model_name):
+                response = await client.post(
+                    path,
+                    cast_to=httpx2.Response,
+                    content=orjson.dumps(body),
+                    options={"headers": _JSON_HEADERS},
+                    stream=True,
+                )
+            try:
+                yield EventStream(response, target, model_name)
+            finally:
+                await response.aclose()
+
+    async def relay(self, target: Target, path: str, content: bytes, model_name: str) -> Relay:
+        """POST `content` as is and return the upstream's un-read answer (the `/v1` surface).
+
+        The caller closes the returned `Relay`. An upstream error status raises `UpstreamRelayed`
+        with the upstream's own status and error object; credential problems still become 502.
+        """
+        client = self._client(target)
+        await self.limiter.acquire()
         try:
-            yield EventStream(response, target, model_name)
+            with upstream_errors(target, model_name):
+                try:
+                    response = await client.post(
+                        path, cast_to=httpx2.Response, content=content, options={"headers": _JSON_HEADERS}, stream=True
+                    )
+                except openai.APIStatusError as exc:
+                    if exc.status_code in (401, 403):
+                        raise  # upstream_errors: 502, and never the upstream's text (it may quote the key)
+                    raise _relayed(exc.status_code, exc.body, exc.response.headers, target) from exc
+        except BaseException:
+            self.limiter.release()
+            raise
+        return Relay(response, target, model_name, self.limiter.release)
+
+
+class Relay:
+    """An upstream answer passed through as bytes: its content type, then its body as it arrives."""
+
+    __slots__ = ("_response", "_target", "_model_name", "_release")
+
+    def __init__(
+        self, response: httpx2.Response, target: Target, model_name: str, release: Callable[[], None] | None = None
+    ) -> None:
+        self._response = response
+        self._target = target
+        self._model_name = model_name
+        self._release = release  # gives back the upstream slot, once
+
+    @property
+    def content_type(self) -> str:
+        return self._response.headers.get("content-type", "application/json")
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self.content_type.lower().startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        with upstream_errors(self._target, self._model_name):
+            return await self._response.aread()
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body in network reads, unchanged (decompressed if the upstream compressed it)."""
+        with upstream_errors(self._target, self._model_name):
+            async for data in self._response.aiter_bytes():
+                yield data
+
+    async def aclose(self) -> None:
+        try:
+            await self._response.aclose()
         finally:
-            await response.aclose()
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class EventStream:
@@ -104,24 +243,51 @@ class EventStream:
         """Events grouped as they arrived in network reads (each read may hold several events)."""
         decoder = self._decoder
         with upstream_errors(self._target, self._model_name):
-            try:
-                async for data in self._response.aiter_bytes():
-                    events = decoder.feed(data)
-                    if events:
-                        yield events
-                    if decoder.done:
-                        return
-                tail = decoder.close()
-            except MalformedEvent as exc:
-                raise UpstreamUnavailable(f"upstream '{self._target.upstream_name}': {exc}") from exc
+            reads: AsyncIterator[bytes] = self._response.aiter_bytes()
+            if "event-stream" not in self._response.headers.get("content-type", ""):
+                reads = self._sniffed(reads)
+            async for data in reads:
+                events = decoder.feed(data)
+                if events:
+                    yield events
+                    decoder.feed(b"")  # raises a malformed event that followed these in the read
+                if decoder.done:
+                    return
+            tail = decoder.close()
         if tail:
             yield tail
+
+    async def _sniffed(self, reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The reads of a body not labelled as an event stream, if it reads as one all the same.
+
+        Otherwise it is an answer the SSE decoder would silently skip (a JSON error object with
+        status 200, an HTML page from a proxy): explain it instead.
+        """
+        head = b""
+        async for data in reads:
+            head += data
+            if len(head) >= _SNIFF_BYTES:
+                break
+        if head and not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(_SSE_STARTS):
+            body = head
+            async for data in reads:
+                body += data
+                if len(body) > _NOT_SSE_LIMIT:
+                    break
+            raise _not_event_stream(body, self._response.headers, self._target, self._model_name)
+        if head:
+            yield head
+        async for data in reads:
+            yield data
 
 
 @contextmanager
 def upstream_errors(target: Target, model_name: str) -> Iterator[None]:
-    """Translate SDK and transport exceptions into gateway errors, most specific first."""
-    name = target.upstream_name
+    """Classify SDK and transport exceptions, most specific first, into `UPSTREAM_FAULTS` rows.
+
+    Before the status line the SDK wraps transport errors (`APIConnectionError`,
+    `APITimeoutError`); while a body is read they come from httpx2 as they are.
+    """
     try:
         yield
     except GatewayError:
@@ -129,35 +295,110 @@ def upstream_errors(target: Target, model_name: str) -> Iterator[None]:
     except openai.APIStatusError as exc:
         raise _status_error(exc.status_code, exc.body, exc.response.headers, target, model_name) from exc
     except openai.APITimeoutError as exc:
-        raise UpstreamTimeout(f"upstream '{name}' timed out") from exc
+        raise _fault("connect_timeout" if _in_chain(exc, httpx2.ConnectTimeout) else "timeout", target) from exc
     except openai.APIConnectionError as exc:
-        raise UpstreamUnavailable(f"upstream '{name}' is unreachable: {_cause(exc, target.upstream)}") from exc
+        kind, detail = _connection_fault(exc)
+        raise _fault(kind, target, detail) from exc
     except httpx2.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream '{name}' timed out while streaming") from exc
+        raise _fault("idle", target) from exc
+    except (httpx2.RemoteProtocolError, httpx2.NetworkError) as exc:
+        raise _fault("cut", target) from exc
     except httpx2.HTTPError as exc:
-        raise UpstreamUnavailable(f"upstream '{name}' connection failed: {_scrub(str(exc) or type(exc).__name__, target.upstream)}") from exc
+        raise _fault("transport", target, str(exc) or type(exc).__name__) from exc
+    except MalformedEvent as exc:
+        raise _fault("malformed_event", target, str(exc)) from exc
     except openai.APIError as exc:
-        raise UpstreamUnavailable(_scrub(_message_of(exc.body) or exc.message, target.upstream)) from exc
+        raise _fault("error_event", target, _message_of(exc.body) or exc.message) from exc
+
+
+def _fault(
+    kind: int | str, target: Target, detail: str = "", model_name: str = "", headers: dict[str, str] | None = None
+) -> GatewayError:
+    config = target.upstream
+    return upstream_fault(
+        kind,
+        upstream=target.upstream_name,
+        detail=_scrub(detail, config),
+        model=model_name,
+        timeout=min(config.connect_timeout, config.timeout) if kind == "connect_timeout" else config.timeout,
+        base_url=config.base_url,
+        headers=headers,
+    )
 
 
 def _status_error(
     status: int, body: object, headers: httpx2.Headers, target: Target, model_name: str
 ) -> GatewayError:
-    name = target.upstream_name
+    """An upstream error status; 401 and 403 rows never quote the upstream (it may echo the key)."""
     message = _message_of(body)
-    if status in (401, 403):
-        # Never the upstream's text here: OpenAI's 401 message quotes part of the key.
-        return UpstreamUnavailable(f"upstream '{name}' rejected the gateway's credentials ({status}); check its api_key")
-    if status == 404 and _is_model_not_found(body, message):
-        return ModelNotFound(model_name)
+    kind: int | str = status
     if status == 404:
-        return UpstreamUnavailable(f"upstream '{name}' answered 404 at {target.upstream.base_url}: {message or 'not found'}")
-    response_headers = {}
+        if _is_model_not_found(body, message):
+            kind = "model_not_found"
+        message = message or "not found"
     retry_after = headers.get("retry-after")
-    if retry_after is not None:
-        response_headers["Retry-After"] = retry_after
-    text = _scrub(message or f"upstream '{name}' answered {status}", target.upstream)
-    return UpstreamRejected(text, status_code=ollama_status(status), headers=response_headers)
+    return _fault(kind, target, message, model_name, {"Retry-After": retry_after} if retry_after else None)
+
+
+def _connection_fault(exc: BaseException) -> tuple[str, str]:
+    """The row for a failure before the status line, by the innermost cause, and its text."""
+    innermost = ""
+    for cause in _chain(exc):
+        if isinstance(cause, socket.gaierror):
+            return "dns", str(cause)
+        if isinstance(cause, ssl.SSLError):
+            return "tls", str(cause)
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused", ""
+        if isinstance(cause, httpx2.RemoteProtocolError):
+            return "no_answer", ""
+        if str(cause) and not isinstance(cause, openai.APIError):
+            innermost = str(cause)
+    return "connect", innermost or "connection error"
+
+
+def _not_event_stream(body: bytes, headers: httpx2.Headers, target: Target, model_name: str) -> GatewayError:
+    """A streaming request answered with something else: its error object, or an excerpt."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("error"):
+        error = parsed["error"]
+        code = error.get("code") if isinstance(error, dict) else None
+        if isinstance(code, int) and 400 <= code <= 599:
+            return _status_error(code, parsed, headers, target, model_name)
+        return _fault("error_event", target, _message_of(parsed))
+    return _fault("not_event_stream", target, _excerpt(body))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 32:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+
+
+def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(cause, kind) for cause in _chain(exc))
+
+
+def _excerpt(content: bytes) -> str:
+    """A short, readable excerpt of a body that should have been JSON or SSE (tags dropped)."""
+    if not content.strip():
+        return "an empty body"
+    text = b" ".join(_TAG.sub(b" ", content[:4096]).split()).decode("utf-8", errors="replace")
+    return repr(text[:_EXCERPT_LIMIT] + ("..." if len(text) > _EXCERPT_LIMIT else ""))
+
+
+def _relayed(status: int, body: object, headers: httpx2.Headers, target: Target) -> UpstreamRelayed:
+    """The upstream's OpenAI error object (whatever else it holds too), its message scrubbed."""
+    error: dict[str, object] = dict(body) if isinstance(body, dict) else {}
+    error["message"] = _scrub(_message_of(body) or f"upstream '{target.upstream_name}' answered {status}", target.upstream)
+    retry_after = headers.get("retry-after")
+    return UpstreamRelayed(error, status_code=status, headers={"Retry-After": retry_after} if retry_after else None)
 
 
 def _message_of(body: object) -> str:
@@ -175,7 +416,8 @@ def _message_of(body: object) -> str:
             return str(detail)[:_MESSAGE_LIMIT]
         return ""
     if isinstance(body, str):
-        return body.strip()[:_MESSAGE_LIMIT]
+        # A text or HTML error page (a proxy in front of the upstream): its words, not its markup.
+        return " ".join(_TAG.sub(b" ", body.encode()).decode(errors="replace").split())[:_MESSAGE_LIMIT]
     return ""
 
 
@@ -199,22 +441,56 @@ def _cause(exc: BaseException, config: UpstreamConfig) -> str:
 
 def _scrub(text: str, config: UpstreamConfig) -> str:
     """Belt and braces: a credential never leaves in a message."""
-    if config.api_key is not None:
-        key = config.api_key.get_secret_value()
+    for key in (config.api_key.get_secret_value() if config.api_key is not None else "", CLIENT_KEY.get() or ""):
         if key and key in text:
             text = text.replace(key, "***")
     return text
 
 
 def _make_client(config: UpstreamConfig) -> openai.AsyncOpenAI:
-    timeout = httpx2.Timeout(config.timeout, connect=min(_CONNECT_TIMEOUT, config.timeout))
+    timeout = httpx2.Timeout(config.timeout, connect=min(config.connect_timeout, config.timeout))
+    hooks = _request_hooks(config)
     return openai.AsyncOpenAI(
         base_url=config.base_url,
         # An upstream without a key (a local server) must not pick up OPENAI_API_KEY from the
         # environment: the SDK would send it to whatever base_url says.
         api_key=config.api_key.get_secret_value() if config.api_key is not None else "no-key",
         timeout=timeout,
-        max_retries=config.max_retries,
+        # Retries are failover.py's (with fallbacks and Retry-After); `max_retries` is read there.
+        max_retries=0,
         default_headers=config.headers,
-        http_client=httpx2.AsyncClient(limits=_POOL_LIMITS, timeout=timeout),
+        default_query=config.query or None,
+        http_client=httpx2.AsyncClient(
+            transport=AiohttpTransport(max_connections=_MAX_CONNECTIONS, keepalive_expiry=_KEEPALIVE_EXPIRY),
+            timeout=timeout,
+            event_hooks={"request": hooks} if hooks else None,
+        ),
     )
+
+
+def _request_hooks(config: UpstreamConfig) -> list[Any]:
+    """Per-request header changes the SDK cannot express: the client's own key, another auth header.
+
+    The SDK always sends `Authorization: Bearer <api_key>`; Azure's deployment URLs want the key
+    in `api-key` instead (openai `lib/azure.py` does the same). Only upstreams that need a hook
+    get one, so the others pay nothing.
+    """
+    hooks: list[Any] = []
+    if config.pass_client_key:
+
+        async def client_key(request: httpx2.Request) -> None:
+            key = CLIENT_KEY.get()
+            if key:
+                request.headers["Authorization"] = f"Bearer {key}"
+
+        hooks.append(client_key)
+    header = config.auth_header
+    if header.lower() != "authorization":
+
+        async def move_key(request: httpx2.Request) -> None:
+            value = request.headers.pop("Authorization", "")
+            if value.startswith("Bearer ") and value != "Bearer no-key":
+                request.headers[header] = value[len("Bearer ") :]
+
+        hooks.append(move_key)
+    return hooks

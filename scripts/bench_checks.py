@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import bench_fixtures as fx
 
@@ -48,7 +49,7 @@ def direct_embed_check(model: str, count: int) -> Check:
     return exact_bytes(fx.embeddings_body(model, count), "direct embed")
 
 
-def _duration_problem(obj: dict, require_total: bool) -> str | None:
+def _duration_problem(obj: dict[str, Any], require_total: bool) -> str | None:
     """None if every `*_duration` field is a non-negative int (and total_duration exists)."""
     if require_total and "total_duration" not in obj:
         return "no total_duration"
@@ -58,7 +59,7 @@ def _duration_problem(obj: dict, require_total: bool) -> str | None:
     return None
 
 
-def _final_fields_problem(obj: dict, model: str, completion_tokens: int) -> str | None:
+def _final_fields_problem(obj: dict[str, Any], model: str, completion_tokens: int) -> str | None:
     """Checks shared by the non-streamed answer and the final stream line."""
     if obj.get("model") != model:
         return f"model {obj.get('model')!r} != {model!r}"
@@ -120,9 +121,9 @@ def ollama_stream_check(model: str, chunks: int) -> Check:
                 return f"stream: line {number} has no message.content"
             parts.append(message["content"])
         final = loads(lines[last])
-        if final.get("done") is not True:  # type: ignore[union-attr]
+        if not isinstance(final, dict) or final.get("done") is not True:
             return "stream: last line is not done:true"
-        problem = _final_fields_problem(final, model, chunks)  # type: ignore[arg-type]
+        problem = _final_fields_problem(final, model, chunks)
         if problem:
             return f"stream final line: {problem}"
         if "".join(parts) != expected_text:

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench_checks import Check
 
@@ -62,16 +63,16 @@ class ClientConnection(asyncio.Protocol):
         self._first_line_at = 0.0
 
     # asyncio.Protocol -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionError(f"connection lost: {exc or 'closed by server'}"))
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         if self._waiter is None:
             return  # bytes nobody asked for: ignore (the next request's parse would fail)
         self._buf += data
@@ -185,7 +186,7 @@ class Tally:
     valid: int = 0
     invalid: int = 0
     errors: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
 
     def judge(self, reply: Reply, check: Check) -> bool:
         """Count `reply` and check it; True if it is valid."""
@@ -207,7 +208,7 @@ class Tally:
         self.errors += 1
         self.reasons[f"error: {type(exc).__name__}: {str(exc)[:100]}"] += 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Plain-data form for the JSON output."""
         return {
             "completed": self.completed,
@@ -398,7 +399,7 @@ async def hold_concurrent(port: int, request: bytes, check: Check, count: int, r
     counters = {"in_flight": 0, "peak_in_flight": 0}
     intervals: list[tuple[float, float]] = []
     start = perf()
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     for first in range(0, count, ramp_batch):
         for _ in range(min(ramp_batch, count - first)):
             tasks.append(asyncio.create_task(_hold_one(port, request, check, tally, counters, intervals)))

@@ -119,8 +119,9 @@ def chat_completion_body(model: str) -> bytes:
     )
 
 
-def _chunk_event(model: str, delta: dict, finish_reason: str | None, usage: dict | None = None) -> bytes:
-    chunk: dict = {
+def _chunk_event(model: str, delta: dict[str, str], finish_reason: str | None,
+                 usage: dict[str, int] | None = None) -> bytes:
+    chunk: dict[str, object] = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": CREATED,

@@ -7,6 +7,7 @@ summed over the process tree; memory from /proc/PID/statm (RSS) and smaps_rollup
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -26,7 +28,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def children_of(pid: int) -> list[int]:
@@ -78,6 +81,16 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def process_name(pid: int) -> str:
+    """A short description of a process: its command line, shortened."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [os.path.basename(a.decode(errors="replace")) for a in argv[:3] if a]
+    return " ".join(words)[:60]
+
+
 def pss_bytes(pid: int) -> int:
     """Proportional set size of one process (shared pages split between their users)."""
     try:
@@ -98,6 +111,7 @@ class MemoryPeak:
     peak_rss: int = 0
     peak_pss: int = 0
     peak_processes: int = 0
+    peak_breakdown: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -105,7 +119,11 @@ class MemoryPeak:
     def sample(self) -> None:
         """Take one sample now."""
         tree = process_tree(self.pid)
-        self.peak_rss = max(self.peak_rss, sum(rss_bytes(p) for p in tree))
+        per_process = {p: rss_bytes(p) for p in tree}
+        total = sum(per_process.values())
+        if total > self.peak_rss:
+            self.peak_rss = total
+            self.peak_breakdown = {f"{p} {process_name(p)}": round(v / 2**20, 1) for p, v in per_process.items()}
         self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in tree))
         self.peak_processes = max(self.peak_processes, len(tree))
         self.samples += 1
@@ -114,7 +132,7 @@ class MemoryPeak:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self) -> MemoryPeak:
+    def __enter__(self) -> Self:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -156,7 +174,7 @@ class Service:
     name: str
     argv: list[str]
     port: int
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log_path: Path
     cores: set[int] | None
 
@@ -196,20 +214,21 @@ class Service:
 
 def start_service(name: str, argv: Sequence[str], port: int, log_dir: Path, cores: set[int] | None,
                   env: dict[str, str] | None = None, cwd: Path | None = None) -> Service:
-    """Start `argv` pinned to `cores` (None: not pinned), output to `log_dir/name.log`."""
+    """Start `argv` pinned to `cores` (None: not pinned), output to `log_dir/name.log`.
+
+    Pinning is `taskset -c CORES argv...` (it execs, so the pid is the program's), which its
+    threads and child processes (Granian's workers) inherit.
+    """
     log_path = log_dir / f"{name}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-
-    def pin() -> None:
-        if cores:
-            os.sched_setaffinity(0, cores)
-
-    process = subprocess.Popen(
-        list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, preexec_fn=pin,
-    )
-    log_file.close()
-    return Service(name, list(argv), port, process, log_path, cores)
+    command = list(argv)
+    if cores:
+        command = [shutil.which("taskset") or "taskset", "-c", ",".join(map(str, sorted(cores))), *command]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+        )
+    return Service(name, command, port, process, log_path, cores)
 
 
 def wait_ready(service: Service, path: str, expect: str, timeout_s: float = 60.0) -> None:
@@ -239,3 +258,41 @@ def pip_install_venv(venv: Path, requirement: str, log: Path) -> None:
             [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", requirement],
             check=True, stdout=out, stderr=subprocess.STDOUT,
         )
+
+
+def _cpu_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of the whole machine from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
+
+
+class MachineLoad:
+    """How much CPU processes other than this benchmark (and what it started) used meanwhile.
+
+    Our own share is `os.times()` of this process plus its reaped children (every server we
+    start is stopped and waited for before `finish`, and Granian reaps its workers).
+    """
+
+    def __init__(self) -> None:
+        self._start_jiffies = _cpu_jiffies()
+        self._start_times = os.times()
+        self._start_wall = time.monotonic()
+
+    def finish(self) -> dict[str, float]:
+        """Other processes' CPU seconds and share of the machine, and steal, since creation."""
+        busy0, steal0, total0 = self._start_jiffies
+        busy1, steal1, total1 = _cpu_jiffies()
+        t0, t1 = self._start_times, os.times()
+        ours = sum(getattr(t1, k) - getattr(t0, k) for k in ("user", "system", "children_user", "children_system"))
+        busy_s = (busy1 - busy0) / CLOCK_TICKS
+        capacity_s = (total1 - total0) / CLOCK_TICKS or 1.0
+        other = max(0.0, busy_s - ours)
+        return {
+            "wall_s": time.monotonic() - self._start_wall,
+            "our_cpu_s": ours,
+            "other_cpu_s": other,
+            "other_share": other / capacity_s,
+            "steal_share": (steal1 - steal0) / CLOCK_TICKS / capacity_s,
+        }

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_fixtures as fx  # noqa: E402
+import bench_fixtures as fx
 
 try:
     import orjson
@@ -66,9 +66,9 @@ class ResponseCache:
     """Pre-rendered response bytes, rendered once per key."""
 
     def __init__(self) -> None:
-        self._items: dict[tuple, bytes] = {}
+        self._items: dict[tuple[object, ...], bytes] = {}
 
-    def get(self, key: tuple, render: Callable[[], bytes]) -> bytes:
+    def get(self, key: tuple[object, ...], render: Callable[[], bytes]) -> bytes:
         """The cached bytes for `key`, rendering (and caching) them on first use."""
         found = self._items.get(key)
         if found is None:
@@ -132,7 +132,7 @@ class SlowStream:
 
 def _decode_chunked(buf: bytearray, start: int) -> tuple[bytes, int] | None:
     """Decode a chunked body beginning at `start`: (body, end offset), or None if incomplete."""
-    parts = []
+    parts: list[bytes] = []
     pos = start
     while True:
         line_end = buf.find(b"\r\n", pos)
@@ -158,15 +158,15 @@ class UpstreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._slow: SlowStream | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._slow is not None:
             self._slow.cancel()
             self._slow = None
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
         while self._slow is None:
@@ -211,21 +211,23 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         try:
             request = _loads(body)
-            model = str(request["model"])  # type: ignore[index]
+            if not isinstance(request, dict):
+                raise TypeError("body is not an object")
+            model = str(request["model"])
         except (ValueError, KeyError, TypeError):
             transport.write(_error("400 Bad Request", "bench upstream: bad JSON body"))
             return
         if path == b"/v1/chat/completions":
-            self._chat(transport, request, model)  # type: ignore[arg-type]
+            self._chat(transport, request, model)
         elif path == b"/v1/embeddings":
-            inputs = request.get("input")  # type: ignore[union-attr]
+            inputs = request.get("input")
             count = len(inputs) if isinstance(inputs, list) else 1
-            fmt = str(request.get("encoding_format") or "float")  # type: ignore[union-attr]
+            fmt = str(request.get("encoding_format") or "float")
             transport.write(CACHE.get(("emb", model, count, fmt), lambda: render_embeddings(model, count, fmt)))
         else:
             transport.write(_error("404 Not Found", "bench upstream: unknown route"))
 
-    def _chat(self, transport: asyncio.Transport, request: dict, model: str) -> None:
+    def _chat(self, transport: asyncio.Transport, request: dict[str, object], model: str) -> None:
         if request.get("stream") is not True:
             transport.write(CACHE.get(("chat", model), lambda: render_chat(model)))
             return

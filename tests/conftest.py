@@ -68,7 +68,9 @@ models:
 class RunningGateway:
     """An `ollama-gateway serve` subprocess; `url` is its base URL, `log` its combined output file."""
 
-    def __init__(self, routes: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, routes: Path, log: Path, workers: int = 1, env: dict[str, str] | None = None, log_level: str = "info"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -77,7 +79,7 @@ class RunningGateway:
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--routes", str(routes), "--port", str(self.port),
-             "--workers", str(workers), "--log-format", "json", "--log-level", "info"],
+             "--workers", str(workers), "--log-format", "json", "--log-level", log_level],
             cwd=ROOT, env=environ, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
         self._wait_ready()

@@ -4,6 +4,13 @@ It runs aiohttp in a background thread, records every request it receives (metho
 headers, JSON body), and answers each path from a FIFO of scripted `Reply`s, or with a small
 default answer when nothing is scripted. Replies can be JSON, SSE streams (one network write per
 event, optionally paced), raw bytes, or a fixture from `references/openai-examples/`.
+
+Fault modes (for tests/test_faults.py and scripts/soak.py): `stall` seconds before the status
+line (or, with `stall_after=N`, after the Nth event), `cut_after=N` drops the TCP connection
+after N events with no end-of-body, `abort` drops it before answering, and an event given as
+`bytes` is written exactly as given (so one SSE event can be split across network reads).
+`in_flight` counts requests being handled and `connections` open TCP connections; handlers are
+cancelled when the gateway hangs up, so both fall back to zero when nothing leaks.
 """
 
 from __future__ import annotations
@@ -33,23 +40,27 @@ class Received:
 class Reply:
     status: int = 200
     json_body: Any = None
-    events: list[str] | None = None  # SSE: each item is one event's text, sent in its own write
+    events: list[str | bytes] | None = None  # SSE: each item is one write (str: an event's text; bytes: as is)
     raw: bytes | None = None
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before each SSE event
+    stall: float = 0.0  # seconds of silence: before the status line, or after `stall_after` events
+    stall_after: int | None = None
+    cut_after: int | None = None  # drop the connection after this many events (no end of body)
+    abort: bool = False  # drop the connection without answering
 
     @classmethod
     def json(cls, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
         return cls(status=status, json_body=body, headers=headers or {})
 
     @classmethod
-    def sse(cls, chunks: list[Any], *, done: bool = True, delay: float = 0.0) -> Reply:
-        """Chunks are dicts (sent as `data: <json>`) or strings (sent verbatim as the event)."""
-        events = [c if isinstance(c, str) else f"data: {json.dumps(c)}\n\n" for c in chunks]
+    def sse(cls, chunks: list[Any], *, done: bool = True, delay: float = 0.0, **faults: Any) -> Reply:
+        """Chunks are dicts (sent as `data: <json>`) or strings/bytes (sent verbatim as one write)."""
+        events: list[str | bytes] = [c if isinstance(c, (str, bytes)) else f"data: {json.dumps(c)}\n\n" for c in chunks]
         if done:
             events.append("data: [DONE]\n\n")
-        return cls(events=events, content_type="text/event-stream", delay=delay)
+        return cls(events=events, content_type="text/event-stream", delay=delay, **faults)
 
     @classmethod
     def fixture(cls, provider: str, feature: str, *, delay: float = 0.0) -> Reply:
@@ -120,7 +131,8 @@ class FakeUpstream:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self.port = 0
-        self.open_connections = 0
+        self.open_connections = 0  # SSE responses being written
+        self.in_flight = 0  # requests being handled, whatever the reply
 
     @property
     def url(self) -> str:
@@ -138,6 +150,12 @@ class FakeUpstream:
         self._thread.join(5)
         self._loop.close()
 
+    @property
+    def connections(self) -> int:
+        """Open TCP connections (idle keep-alive ones included)."""
+        assert self._runner is not None and self._runner.server is not None
+        return len(self._runner.server.connections)
+
     def reset(self) -> None:
         self.received.clear()
         self._replies.clear()
@@ -154,7 +172,8 @@ class FakeUpstream:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a request the gateway abandons stops here too (and leaves in_flight).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -163,15 +182,19 @@ class FakeUpstream:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+        self.in_flight += 1
         try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.received.append(Received(request.method, request.path, dict(request.headers), body))
-        queue = self._replies.get(request.path)
-        reply = queue.popleft() if queue else self._default(request.path, body)
-        return await self._send(request, reply)
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
+            self.received.append(Received(request.method, request.path, dict(request.headers), body))
+            queue = self._replies.get(request.path)
+            reply = queue.popleft() if queue else self._default(request.path, body)
+            return await self._send(request, reply)
+        finally:
+            self.in_flight -= 1
 
     def _default(self, path: str, body: Any) -> Reply:
         if path.endswith("/chat/completions"):
@@ -186,6 +209,10 @@ class FakeUpstream:
         return Reply.json({"error": {"message": f"no route {path}", "type": "invalid_request_error"}}, status=404)
 
     async def _send(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        if reply.stall and reply.stall_after is None:
+            await asyncio.sleep(reply.stall)
+        if reply.abort:
+            return _drop(request)
         if reply.events is None:
             data = reply.raw if reply.raw is not None else json.dumps(reply.json_body).encode()
             return web.Response(body=data, status=reply.status, headers={"Content-Type": reply.content_type, **reply.headers})
@@ -193,11 +220,25 @@ class FakeUpstream:
         await response.prepare(request)
         self.open_connections += 1
         try:
-            for event in reply.events:
+            for sent, event in enumerate(reply.events):
+                if sent == reply.cut_after:
+                    return _drop(request, response)
+                if sent == reply.stall_after:
+                    await asyncio.sleep(reply.stall)
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
-                await response.write(event.encode())
+                await response.write(event if isinstance(event, bytes) else event.encode())
+            if reply.cut_after is not None and reply.cut_after >= len(reply.events):
+                return _drop(request, response)
             await response.write_eof()
         finally:
             self.open_connections -= 1
         return response
+
+
+def _drop(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Close the TCP connection at once: no status line, or a body with no end (chunked, unterminated)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return response if response is not None else web.Response(status=500)

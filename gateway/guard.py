@@ -1,0 +1,243 @@
+"""Per request: the body size limit, cancellation when the client leaves, and the shutdown drain.
+
+`RequestGuard` is a pure ASGI middleware (inside `RequestLogMiddleware`). For every HTTP request:
+
+- a declared `Content-Length` over `GATEWAY_MAX_BODY_BYTES` gets 413 before the body is read; a
+  chunked body is counted as it arrives and stops with 413 at the limit;
+- once the handler has read the whole body, one task listens for `http.disconnect` and cancels
+  the handler at once, so a client that leaves cancels the upstream request, `stream: false`
+  included (Granian does not cancel handlers itself; vLLM `with_cancellation` is the same idea).
+  The handler's own later `receive()` calls see the same disconnect;
+- while the worker drains after SIGTERM (`Drain`), a new request on a kept-alive connection gets
+  503 and `Connection: close`; when the grace period ends, a request with no response yet gets
+  503 and an NDJSON stream one final `{"error": ...}` line, never a `done` chunk (an SSE relay
+  its error event: the response says how, `StreamedResponse.error_chunk`).
+
+Nothing here runs per streamed chunk: a stream sets `open_stream` once when its body starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import SHUTTING_DOWN, GatewayError, PayloadTooLarge, ServerBusy, error_response
+
+log = structlog.get_logger()
+
+
+class OpenStream(Protocol):
+    def error_chunk(self, message: str) -> bytes: ...
+
+GUARD_SCOPE_KEY = "gateway.guard"
+_CLOSE = {"Connection": "close"}
+
+
+class Drain:
+    """A worker's requests in flight, and what happens to them after SIGTERM.
+
+    Granian stops accepting connections on SIGTERM, lets requests in flight finish, and only
+    then runs the lifespan shutdown (checked with Granian 2.8.7); `cli.serve` makes it kill a
+    worker that is still busy a few seconds after the grace period. `begin()` runs when the
+    worker gets the signal; `grace` seconds later `expire()` ends whatever is still running,
+    cleanly, before that kill.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.closing = False
+        self.active: set[GuardedRequest] = set()
+
+    def begin(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        log.info("draining", in_flight=len(self.active), grace_s=self.grace)
+        asyncio.get_running_loop().call_later(self.grace, self.expire)
+
+    def expire(self) -> None:
+        if self.active:
+            log.warning("grace_period_over", stopped=len(self.active))
+        for request in list(self.active):
+            request.stop()
+
+
+def follow_server_signals(drain: Drain) -> Callable[[], None]:
+    """Start the drain when the server (Granian) gets SIGTERM or SIGINT; returns an undo.
+
+    The server's own handler keeps running (it is called from ours). Where no Python handler is
+    installed, nothing is done: there is no server to follow (an app run in-process by tests).
+    """
+    loop = asyncio.get_running_loop()
+    replaced: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def chained(signum: int, frame: Any, previous: Callable[..., Any] = previous) -> None:
+            loop.call_soon_threadsafe(drain.begin)
+            previous(signum, frame)
+
+        try:
+            signal.signal(sig, chained)
+        except ValueError:  # not the main thread
+            break
+        replaced[sig] = previous
+
+    def undo() -> None:
+        for sig, previous in replaced.items():
+            signal.signal(sig, previous)
+
+    return undo
+
+
+class RequestGuard:
+    """The middleware; one `GuardedRequest` per HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, drain: Drain, max_body_bytes: int) -> None:
+        self.app = app
+        self.drain = drain
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.closing:
+            await _answer(scope, receive, send, ServerBusy(SHUTTING_DOWN, headers=_CLOSE))
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await _answer(scope, receive, send, body_too_large(self.max_body_bytes))
+            return
+        request = GuardedRequest(self, scope, receive, send)
+        scope[GUARD_SCOPE_KEY] = request
+        self.drain.active.add(request)
+        try:
+            await request.run()
+        finally:
+            self.drain.active.discard(request)
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body too large (limit {limit} bytes)", headers=dict(_CLOSE))
+
+
+class GuardedRequest:
+    """One request's state: body bytes seen, the disconnect, and whether the drain stopped it."""
+
+    __slots__ = (
+        "_guard", "_scope", "_receive", "_send", "_received", "_body_done", "_disconnected",
+        "_group", "stopped", "open_stream",
+    )
+
+    def __init__(self, guard: RequestGuard, scope: Scope, receive: Receive, send: Send) -> None:
+        self._guard = guard
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._received = 0
+        self._body_done = False
+        self._disconnected: anyio.Event | None = None
+        self._group: TaskGroup | None = None
+        self.stopped = False
+        # Set by StreamedResponse between its first and last write: a stream the drain stops is
+        # then ended with its error chunk.
+        self.open_stream: OpenStream | None = None
+
+    async def run(self) -> None:
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+            self._group = group
+            try:
+                await self._guard.app(self._scope, self.receive, self._send)
+            except Exception as exc:
+                # Raised as is below: out of a task group it would come wrapped in an
+                # ExceptionGroup, hiding it from outer middleware and from the server's log.
+                error = exc
+            group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if self.stopped:
+            await self._end_stopped()
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            # The watcher owns the connection's receive channel now.
+            await self._disconnect_event().wait()
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._guard.max_body_bytes:
+                raise body_too_large(self._guard.max_body_bytes)
+            if not message.get("more_body", False):
+                self._body_done = True
+                assert self._group is not None
+                self._group.start_soon(self._watch)
+        elif message["type"] == "http.disconnect":
+            self._client_left()
+        return message
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._client_left()
+                return
+
+    def _disconnect_event(self) -> anyio.Event:
+        if self._disconnected is None:
+            self._disconnected = anyio.Event()
+        return self._disconnected
+
+    def _client_left(self) -> None:
+        self._disconnect_event().set()
+        record = self._scope.get("state", {}).get("record")
+        if record is not None:
+            record.outcome = "client_disconnected"
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """The grace period is over: end this request now (called by `Drain.expire`)."""
+        self.stopped = True
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+
+    async def _end_stopped(self) -> None:
+        error = ServerBusy(SHUTTING_DOWN, headers=_CLOSE)
+        record = self._scope.get("state", {}).get("record")
+        stream, self.open_stream = self.open_stream, None
+        if record is not None:
+            record.fail(error, after_first_byte=stream is not None)
+        if stream is not None:
+            await self._send({"type": "http.response.body", "body": stream.error_chunk(error.message), "more_body": True})
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif record is None or not record.status:
+            await error_response(error)(self._scope, self._receive, self._send)
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:
+    record = scope.get("state", {}).get("record")
+    if record is not None:
+        record.fail(error)
+    await error_response(error)(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

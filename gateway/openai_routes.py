@@ -1,0 +1,154 @@
+"""Ollama's OpenAI-compatible surface on the same port (openai-mapping.md §9): `/v1/*`.
+
+VS Code Copilot's Ollama provider lists models over `/api/*` but chats over
+`/v1/chat/completions`; Open WebUI proxies `/v1/*` to its Ollama URL. A POST goes through the
+same route map to the routed upstream with only `model` rewritten to the upstream's id, and the
+answer comes back as the upstream sent it: JSON as one body, SSE byte for byte as it arrives,
+the upstream request closed the moment the client leaves (`streaming.StreamedResponse`). Nothing
+is parsed per chunk. Retries and fallbacks are the same as on `/api` (`failover.with_failover`),
+up to the upstream's answer status; a fallback gets its own upstream model id.
+
+Errors are in OpenAI's shape, as Ollama's `/v1` middleware writes them (`openai.NewError`):
+`{"error": {"message", "type", "param": null, "code": null}}`, with type `invalid_request_error`
+for 400, `not_found_error` for 404 (an unknown model: `model 'x' not found`), else `api_error`.
+An upstream's own error status is relayed with its status and error object, except credential
+failures (502, as on `/api`). After the first SSE byte a failure becomes one last
+`data: {"error": ...}` event, which the OpenAI SDKs raise as an `APIError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from gateway.api import Record, State, _route, json_response, read_json_object
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
+from gateway.failover import with_failover
+from gateway.logs import RequestRecord
+from gateway.routemap import Target
+from gateway.state import GatewayState
+from gateway.streaming import open_stream
+from gateway.upstream import Relay
+
+# Ollama's openai.NewError: the error type by status.
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+class OpenAIRoute(APIRoute):
+    """A `/v1` route: a GatewayError is answered in OpenAI's error shape, not Ollama's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except GatewayError as exc:
+                state = request.scope.get("state", {})
+                if "gateway" in state:
+                    exc.message = state["gateway"].clients.scrub(exc.message)  # as app._gateway_error
+                if "record" in state:
+                    state["record"].fail(exc)
+                return openai_error_response(exc)
+
+        return handle
+
+
+router = APIRouter(route_class=OpenAIRoute)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: State, record: Record) -> Response:
+    return await _relay(request, state, record, "/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, state: State, record: Record) -> Response:
+    return await _relay(request, state, record, "/completions")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, state: State, record: Record) -> Response:
+    return await _relay(request, state, record, "/embeddings")
+
+
+@router.get("/v1/models")
+async def list_models(state: State) -> Response:
+    names = [entry["name"] for entry in state.catalog.tags()["models"]]
+    return json_response({"object": "list", "data": [_model(name, state.catalog.modified_epoch) for name in names]})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, state: State, record: Record) -> Response:
+    _route(state, record, model_id)
+    return json_response(_model(model_id, state.catalog.modified_epoch))
+
+
+async def _relay(request: Request, state: GatewayState, record: RequestRecord, path: str) -> Response:
+    """Pass the body to the routed upstream with the upstream's model id; pass its answer back."""
+    body = await read_json_object(request)
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required")
+    primary = _route(state, record, name)
+
+    async def attempt(target: Target, is_first: bool) -> Relay:
+        return await state.clients.relay(target, path, orjson.dumps({**body, "model": target.upstream_model}), name)
+
+    reply = await with_failover(primary, state.route_map, record, attempt)
+    if reply.is_event_stream:
+        return await open_stream(_relayed_stream(reply, record), {}, reply.content_type)
+    try:
+        return Response(await reply.read(), media_type=reply.content_type)
+    finally:
+        await reply.aclose()
+
+
+async def _relayed_stream(reply: Relay, record: RequestRecord) -> AsyncGenerator[bytes, None]:
+    """The upstream's SSE bytes as they arrive; a failure after the first byte is a last event."""
+    started = False
+    try:
+        async with aclosing(reply.chunks()) as chunks:
+            async for data in chunks:
+                started = True
+                record.chunks += 1
+                yield data
+    except GatewayError as exc:
+        if not started:
+            raise
+        record.fail(exc, after_first_byte=True)
+        yield b"data: " + orjson.dumps({"error": _error_object(exc)}) + b"\n\n"
+    finally:
+        await reply.aclose()
+
+
+def openai_error_response(error: GatewayError) -> Response:
+    return Response(
+        orjson.dumps({"error": _error_object(error)}),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type=JSON_MEDIA_TYPE,
+    )
+
+
+def _error_object(error: GatewayError) -> dict[str, Any]:
+    relayed: dict[str, Any] = dict(error.error) if isinstance(error, UpstreamRelayed) else {}
+    return {
+        **relayed,
+        "message": error.message,
+        "type": relayed.get("type") or _ERROR_TYPES.get(error.status_code, "api_error"),
+        "param": relayed.get("param"),
+        "code": relayed.get("code"),
+    }
+
+
+def _model(name: str, created: int) -> dict[str, Any]:
+    """Ollama's `openai.ToModel`: `owned_by` is the name's namespace (`library` by default)."""
+    parts = name.split("/")
+    return {"id": name, "object": "model", "created": created, "owned_by": parts[-2] if len(parts) > 1 else "library"}
