@@ -11,13 +11,18 @@ last test runs every case again and looks for it in bodies, headers and the gate
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import httpx2
+import openai
 import pytest
 
+from gateway.errors import UPSTREAM_FAULTS, upstream_fault
+from gateway.upstream import _connection_fault
 from tests.client_support import first_line, raw_request, wait_for
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks
@@ -29,7 +34,28 @@ COMPLETION = "completion-marker-90d2 never to be logged"
 
 
 @pytest.fixture(scope="module")
-def faulty(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def full_backlog() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a connection attempt hangs (connect timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    yield port
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def faulty(upstream: FakeUpstream, full_backlog: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """A gateway whose upstreams fail in every way; debug logging, so the key check sees all."""
     folder = tmp_path_factory.mktemp("faults")
     routes = folder / "routes.yaml"
@@ -40,12 +66,14 @@ upstreams:
   refused: {{base_url: "http://127.0.0.1:{closed_port()}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
   dns: {{base_url: "http://upstream.invalid/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
   tls: {{base_url: "https://127.0.0.1:{upstream.port}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
+  blackhole: {{base_url: "http://127.0.0.1:{full_backlog}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, connect_timeout: 1}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
   - {{name: slow, upstream: slow, model: up-model}}
   - {{name: refused, upstream: refused}}
   - {{name: dns, upstream: dns}}
   - {{name: tls, upstream: tls}}
+  - {{name: blackhole, upstream: blackhole}}
 """)
     env = {"FAULT_KEY": KEY, "GATEWAY_LOG_LEVEL": "debug"}
     running = RunningGateway(routes, folder / "gateway.log", env=env, log_level="debug")
@@ -107,6 +135,7 @@ FAULTS = [
                        model="dns", prefix=True), id="dns-failure"),
     pytest.param(Fault(None, 502, "upstream 'tls' is unreachable: TLS failed with https://127.0.0.1:", model="tls", prefix=True),
                  id="tls-failure"),
+    pytest.param(Fault(None, 504, "upstream 'blackhole' could not be reached within 1 s", model="blackhole"), id="connect-timeout"),
     pytest.param(Fault(Reply(stall=4), 504, "upstream 'slow' did not answer within 1 s", model="slow"), id="read-timeout"),
     pytest.param(Fault(Reply(abort=True), 502, "upstream 'fake' closed the connection without answering"), id="no-answer"),
     pytest.param(Fault(PROXY_PAGE, 502, "upstream 'fake' sent a body that is not JSON: 'Welcome to the proxy'",
@@ -118,6 +147,8 @@ FAULTS = [
     pytest.param(Fault(Reply(events=['{"id": "chatcmpl-1", ', "}"], stall_after=1, stall=4), 504,
                        "upstream 'slow' sent nothing for 1 s in the middle of its answer", model="slow",
                        stream_message="upstream 'slow' sent nothing for 1 s in the middle of its answer"), id="body-idle"),
+    pytest.param(Fault(Reply(raw=b"this is not gzip", headers={"Content-Encoding": "gzip"}), 502, "upstream 'fake' failed: ",
+                       prefix=True), id="body-not-gzip"),
 ]
 
 # Faults of a stream, before its first byte: (reply, status, message). The same faults after the
@@ -239,6 +270,35 @@ def test_repeated_finish_and_done_give_one_done_chunk(faulty: RunningGateway, up
     lines = ndjson(chat(faulty, "tiny", stream=True))
     assert sum(bool(line.get("done")) for line in lines) == 1 and lines[-1]["done"] is True
     assert [line["message"]["content"] for line in lines] == ["once", ""]  # type: ignore[index]
+
+
+def test_other_connection_failures_keep_the_innermost_cause() -> None:
+    """The "connect" row: a failure that is not refused, DNS or TLS (here: no route to host)."""
+    request = httpx2.Request("POST", "http://upstream.example/v1/chat/completions")
+    error = openai.APIConnectionError(request=request)
+    error.__cause__ = httpx2.ConnectError("[Errno 113] No route to host", request=request)
+    kind, detail = _connection_fault(error)
+    assert (kind, detail) == ("connect", "[Errno 113] No route to host")
+    fault = upstream_fault(kind, upstream="far", detail=detail)
+    assert (fault.status_code, fault.message) == (502, "upstream 'far' is unreachable: [Errno 113] No route to host")
+
+
+# Where each row of the table is tested: a case id above, or the unit test just before.
+ROW_TESTS = {
+    400: "400", 401: "401", 403: "403", 404: "404-wrong-base-url", "model_not_found": "404-model", 408: "408",
+    409: "409", 413: "413", 422: "422", 429: "429", 500: "500", 502: "502-html", 503: "503", 504: "504",
+    "other_4xx": "other-4xx", "other_5xx": "other-5xx", "refused": "connection-refused", "dns": "dns-failure",
+    "tls": "tls-failure", "connect": "unit", "connect_timeout": "connect-timeout", "timeout": "read-timeout",
+    "no_answer": "no-answer", "transport": "body-not-gzip", "not_json": "body-not-json", "not_object": "json-not-object",
+    "not_event_stream": "not-an-event-stream", "malformed_event": "malformed-event", "incomplete": "ends-without-done",
+    "cut": "cut", "idle": "idle-timeout", "error_event": "error-event",
+}
+
+
+def test_every_row_of_the_fault_table_has_a_case() -> None:
+    assert set(ROW_TESTS) == set(UPSTREAM_FAULTS)
+    case_ids = {param.id for param in [*FAULTS, *STREAM_FAULTS, *MID_STREAM]} | {"unit"}
+    assert set(ROW_TESTS.values()) <= case_ids
 
 
 # -- client faults ---------------------------------------------------------------------------------
