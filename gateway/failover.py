@@ -40,7 +40,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from gateway.errors import (
-    JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
+    JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound, ServerBusy, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
     error_body,
 )
 from gateway.logs import RequestRecord
@@ -117,6 +117,8 @@ async def _fail_over(primary: Target, route_map: RouteMap, record: RequestRecord
 
 def verdict_of(exc: GatewayError, target: Target) -> Verdict:
     """What a failure of `target` calls for (see the module docstring)."""
+    if isinstance(exc, ServerBusy):
+        return "stop"  # the worker's own upstream limit: another target would queue behind it again
     if isinstance(exc, Unsuitable):
         return "next"
     if isinstance(exc, UpstreamTimeout):

@@ -13,7 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    ServerBusy,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.failover import retry_after_of, verdict_of
 from gateway.routemap import RouteMap
 from tests.conftest import RunningGateway, closed_port
@@ -298,6 +303,8 @@ def test_verdicts_and_retry_after() -> None:
     assert verdict_of(failure(UpstreamUnavailable("refused"), None), target) == "retry"  # type: ignore[arg-type]
     assert verdict_of(failure(UpstreamUnavailable("key"), 401), target) == "next"  # type: ignore[arg-type]
     assert verdict_of(failure(UpstreamRejected("bad", status_code=400), 400), target) == "stop"  # type: ignore[arg-type]
+    # The worker's own concurrency limit: a fallback would only queue behind the same limit again.
+    assert verdict_of(ServerBusy("server busy"), target) == "stop"
     assert retry_after_of(UpstreamRejected("x", headers={"Retry-After": "2"})) == 2.0
     assert retry_after_of(UpstreamRejected("x", headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert retry_after_of(UpstreamRejected("x")) is None
