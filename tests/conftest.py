@@ -82,19 +82,25 @@ class RunningGateway:
              "--workers", str(workers), "--log-format", "json", "--log-level", log_level],
             cwd=ROOT, env=environ, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        # With several workers the port answers as soon as the first is up: wait for all of them
+        # (each logs `started`, at info level), so a test never races a worker still starting.
+        self._wait_ready(workers if log_level in ("debug", "info") else 1)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, workers: int) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200 and self._started_workers() >= workers:
                     return
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise RuntimeError(f"gateway did not start: {self.log.read_text()}")
+
+    def _started_workers(self) -> int:
+        return sum('"event":"started"' in line for line in self.log.read_text(errors="replace").splitlines())
 
     def stop(self) -> None:
         self.process.terminate()
