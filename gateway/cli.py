@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.reload import forward_sighup
+from gateway.master import forward_sighup
 from gateway.routemap import RouteMap, RouteMapError, load_route_map, strip_latest, tagged
 from gateway.settings import Settings
 from gateway.translators import BindingError, load_bindings

