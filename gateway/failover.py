@@ -111,8 +111,13 @@ async def _fail_over(primary: Target, route_map: RouteMap, record: RequestRecord
             if verdict_of(exc, target) == "stop":
                 raise
             errors.append(exc)
-    # All failed: the last real failure (not a fallback that could not take the request).
-    raise next((error for error in reversed(errors) if not isinstance(error, Unsuitable)), errors[-1])
+    # All failed: the last real failure (not a fallback that could not take the request), saying
+    # what the others were too, so a missing key of the primary is not hidden by a fallback's.
+    final = next((error for error in reversed(errors) if not isinstance(error, Unsuitable)), errors[-1])
+    earlier = [error.message for error in errors if error is not final and error.message != final.message]
+    if earlier:
+        final.message = f"{final.message} (tried before: {'; '.join(earlier)})"
+    raise final
 
 
 def verdict_of(exc: GatewayError, target: Target) -> Verdict:

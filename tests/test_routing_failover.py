@@ -167,6 +167,15 @@ def test_without_fallbacks_the_last_error_is_answered(gateway: RunningGateway, p
     assert (response.status_code, response.json()) == (503, {"error": "still down"})
 
 
+def test_when_every_target_fails_the_answer_names_each_failure(gateway: RunningGateway, primary: FakeUpstream, backup: FakeUpstream) -> None:
+    """A primary's failure (say, a missing key) is not hidden behind the last fallback's."""
+    primary.enqueue(CHAT, *[Reply.json({"error": {"message": "primary down", "type": "server_error"}}, status=500)] * 3)
+    backup.enqueue(CHAT, Reply.json({"error": {"message": "backup down", "type": "server_error"}}, status=502))
+    response, _ = chat(gateway, "flaky-m")
+    assert response.status_code == 502
+    assert response.json() == {"error": "backup down (tried before: primary down)"}
+
+
 def test_429_retry_after_is_honoured_within_the_cap(gateway: RunningGateway, primary: FakeUpstream, backup: FakeUpstream) -> None:
     limited = Reply.json({"error": {"message": "slow down", "type": "rate_limit"}}, status=429, headers={"Retry-After": "0.3"})
     primary.enqueue(CHAT, limited, Reply.json(chat_completion("after the wait")))
