@@ -17,12 +17,12 @@ from starlette.responses import Response
 from gateway.auth import GRANT, ModelForbidden
 from gateway.clock import RequestClock
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
+from gateway.failover import serve_translated
 from gateway.limits import json_too_deep
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
 from gateway.routemap import Target, has_tag
 from gateway.state import GatewayState
-from gateway.failover import serve_translated
 
 router = APIRouter()
 log = structlog.get_logger()
@@ -137,9 +137,10 @@ async def translated(request: Request, state: GatewayState, record: RequestRecor
         raise BadRequest("model is required")
     target = _route(state, record, name)
     translator = translator_class(ollama_request, target, clock)
+    keep_alive = getattr(ollama_request, "keep_alive", None)
     reply = translator.local_reply()
     if reply is not None:
-        state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
+        state.catalog.mark_used(target, name, keep_alive)
         return json_response(reply)
     body = translator.upstream_body()
     dropped = getattr(translator, "dropped_options", None)
@@ -156,7 +157,7 @@ async def translated(request: Request, state: GatewayState, record: RequestRecor
         if mapped is exc:
             raise
         raise mapped from exc
-    state.catalog.mark_used(target, name, getattr(ollama_request, "keep_alive", None))
+    state.catalog.mark_used(target, name, keep_alive)
     return response
 
 

@@ -26,12 +26,12 @@ from gateway.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
 from gateway.guard import Drain, RequestGuard, follow_server_signals
 from gateway.limits import UpstreamLimiter
-from gateway.openapi import gateway_openapi
 from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
 from gateway.management import router as management_router
 from gateway.openai_routes import router as openai_router
-from gateway.routemap import load_route_map
+from gateway.openapi import gateway_openapi
 from gateway.reload import LiveGateway, LiveStateMiddleware
+from gateway.routemap import load_route_map
 from gateway.settings import Settings
 from gateway.translators import load_bindings
 from gateway.upstream import UpstreamClients

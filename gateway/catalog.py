@@ -17,9 +17,9 @@ import re
 import time
 from typing import Any
 
+from gateway.auth import GRANT
 from gateway.clock import rfc3339
 from gateway.ollama import keep_alive_seconds
-from gateway.auth import GRANT
 from gateway.routemap import Target, tagged
 
 _FAMILY = re.compile(r"[a-z]+")

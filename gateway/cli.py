@@ -13,7 +13,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.master import forward_sighup
-from gateway.routemap import RouteMap, RouteMapError, load_route_map, strip_latest, tagged
+from gateway.routemap import (
+    RouteMap,
+    RouteMapError,
+    load_route_map,
+    strip_latest,
+    tagged,
+)
 from gateway.settings import Settings
 from gateway.translators import BindingError, load_bindings
 

@@ -29,18 +29,30 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from functools import partial
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
 from starlette.responses import Response
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from gateway.errors import (
-    JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound, ServerBusy, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
+    JSON_MEDIA_TYPE,
+    BadRequest,
+    GatewayError,
+    ModelNotFound,
+    ServerBusy,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     error_body,
 )
 from gateway.logs import RequestRecord
@@ -219,11 +231,7 @@ async def serve_translated(
     first_body = body
 
     async def attempt(target: Target, first: bool) -> Response:
-        current = translator if first else _fresh(make, target, target is primary)
-        if first:
-            body = first_body
-        else:
-            body = current.upstream_body() if target is primary else _body_for_fallback(current)
+        current, body = (translator, first_body) if first else _fresh(make, target, target is primary)
         if current.streams:
             assert isinstance(current, StreamingTranslator)
             return await _open_stream(clients, current, target, body, record)
@@ -235,23 +243,17 @@ async def serve_translated(
     return await with_failover(primary, route_map, record, attempt)
 
 
-def _fresh(make: Callable[[Target], Translator[Any]], target: Target, is_primary: bool) -> Translator[Any]:
+def _fresh(make: Callable[[Target], Translator[Any]], target: Target, is_primary: bool) -> tuple[Translator[Any], dict[str, Any]]:
+    """A new translator and its body for `target`; a fallback that cannot take the request is Unsuitable."""
     try:
         fresh = make(target)
         if not is_primary:
             fresh.local_reply()  # runs the capability checks for this target
+        return fresh, fresh.upstream_body()
     except BadRequest as exc:
         if is_primary:
             raise
         raise Unsuitable(f"fallback '{target.route.name}' cannot take this request: {exc.message}") from exc
-    return fresh
-
-
-def _body_for_fallback(translator: Translator[Any]) -> dict[str, Any]:
-    try:
-        return translator.upstream_body()
-    except BadRequest as exc:
-        raise Unsuitable(f"fallback '{translator.target.route.name}' cannot take this request: {exc.message}") from exc
 
 
 async def _post(clients: UpstreamClients, translator: Translator[Any], target: Target, body: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,17 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import TaskGroup
 import structlog
+from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import SHUTTING_DOWN, GatewayError, PayloadTooLarge, ServerBusy, error_response
+from gateway.errors import (
+    SHUTTING_DOWN,
+    GatewayError,
+    PayloadTooLarge,
+    ServerBusy,
+    error_response,
+)
 
 log = structlog.get_logger()
 

@@ -35,7 +35,14 @@ import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 from watchfiles import Change, awatch
 
-from gateway.auth import CLIENT_KEY, UNAUTHORIZED_BODY, GRANT, KeyChecker, bearer_token, is_open
+from gateway.auth import (
+    CLIENT_KEY,
+    GRANT,
+    UNAUTHORIZED_BODY,
+    KeyChecker,
+    bearer_token,
+    is_open,
+)
 from gateway.catalog import Catalog
 from gateway.discovery import Discovery
 from gateway.routemap import RouteMap, RouteMapError, load_route_map

@@ -28,14 +28,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from gateway.providers import PRESETS, ProviderName, Quirks, ReasoningInput, ReasoningKnob
+from gateway.providers import (
+    PRESETS,
+    ProviderName,
+    Quirks,
+    ReasoningInput,
+    ReasoningKnob,
+)
 
 Capability = Literal["completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CACHE_LIMIT = 4096
+
+
+def _empty_is_none(value: Any) -> Any:
+    """`${KEY:-}` for an optional key: an empty key is no key (the SDK refuses "")."""
+    return None if value == "" else value
 
 
 class RouteMapError(ValueError):
@@ -101,11 +121,7 @@ class UpstreamConfig(QuirkSettings):
     discover_interval: float = Field(default=300.0, ge=1)
     discover_timeout: float = Field(default=10.0, gt=0)
 
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _empty_key_is_no_key(cls, value: Any) -> Any:
-        # `${LOCAL_KEY:-}` for an optional key: an empty key is no key (the SDK refuses "").
-        return None if value == "" else value
+    _empty_key_is_no_key = field_validator("api_key", mode="before")(_empty_is_none)
 
     @field_validator("prefix")
     @classmethod
@@ -180,10 +196,7 @@ class AuthKey(BaseModel):
 
     _missing_variable: str | None = PrivateAttr(default=None)
 
-    @field_validator("key", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
+    _empty_key_is_no_key = field_validator("key", mode="before")(_empty_is_none)
 
     @field_validator("key")
     @classmethod

@@ -26,11 +26,16 @@ import openai
 import orjson
 
 from gateway.auth import CLIENT_KEY
-from gateway.errors import GatewayError, UpstreamRelayed, UpstreamUnavailable, upstream_fault
+from gateway.errors import (
+    GatewayError,
+    UpstreamRelayed,
+    UpstreamUnavailable,
+    upstream_fault,
+)
 from gateway.limits import UpstreamLimiter
 from gateway.routemap import RouteMap, Target, UpstreamConfig
-from gateway.transport import AiohttpTransport
 from gateway.sse import MalformedEvent, SSEDecoder
+from gateway.transport import AiohttpTransport
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _MAX_CONNECTIONS = 4096  # per upstream per worker: room for thousands of concurrent streams

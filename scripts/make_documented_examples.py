@@ -11,6 +11,8 @@ import math
 import sys
 from pathlib import Path
 
+from collect_examples import EMBED_INPUTS, WEATHER_SCHEMA, WEATHER_TOOL
+
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent) / "references" / "openai-examples"
 
 HELLO = [
@@ -24,29 +26,8 @@ JSON_MSGS = [
     {"role": "system", "content": "Reply with a JSON object only."},
     {"role": "user", "content": 'Give the weather in Oslo as JSON with keys "city" and "sunny".'},
 ]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "enum": ["Oslo", "Paris", "Tokyo"], "description": "City name"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-WEATHER_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "enum": ["Oslo", "Paris", "Tokyo"]}, "sunny": {"type": "boolean"}},
-    "required": ["city", "sunny"],
-    "additionalProperties": False,
-}
-EMBED_INPUTS = ["The sky is blue.", "Grass is green.", "Ollama Gateway fixtures."]
+# The same tool, schema and inputs the collector sends to a live server, so documented and
+# recorded fixtures answer the same requests.
 USAGE_ON = {"stream_options": {"include_usage": True}}
 
 

@@ -15,7 +15,12 @@ from abc import abstractmethod
 from typing import Any, TypeVar
 
 from gateway.clock import now_rfc3339
-from gateway.errors import BadRequest, UpstreamRejected, UpstreamUnavailable, ollama_status
+from gateway.errors import (
+    BadRequest,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    ollama_status,
+)
 from gateway.ollama import GenerationRequest
 from gateway.translators.base import StreamingTranslator
 from gateway.translators.messages import ToolNames
