@@ -1,5 +1,5 @@
 # Ollama Gateway: the Ollama API on :11434, served from OpenAI-compatible providers.
-FROM python:3.11-slim
+FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

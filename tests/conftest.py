@@ -115,6 +115,19 @@ class RunningGateway:
         self._log_file.flush()
         return self.log.read_text(errors="replace")
 
+    def log_text_after(self, request_id: str, seconds: float = 10.0) -> str:
+        """The log once the request's summary line is in it: it is written after the response's
+        last byte, so a client can see the answer before the line exists."""
+        marker = f'"request_id":"{request_id}"'
+        deadline = time.monotonic() + seconds
+        while True:
+            text = self.log_text()
+            if any(marker in line and '"event":"request"' in line for line in text.splitlines()):
+                return text
+            if time.monotonic() > deadline:
+                return text
+            time.sleep(0.02)
+
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:

@@ -287,7 +287,7 @@ def test_request_id_is_echoed_and_logged_without_prompt_or_key(gateway: RunningG
     assert response.headers["x-request-id"] == "req-abc-123"
     generated = httpx.get(gateway.url + "/api/version").headers["x-request-id"]
     assert len(generated) >= 8
-    log = gateway.log_text()
+    log = gateway.log_text_after("req-abc-123")
     summary = [json.loads(line) for line in log.splitlines() if '"req-abc-123"' in line]
     assert summary and summary[-1]["event"] == "request"
     assert summary[-1]["model"] == "tiny" and summary[-1]["upstream"] == "fake" and summary[-1]["status"] == 200

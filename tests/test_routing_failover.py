@@ -117,7 +117,7 @@ def chat(gateway: RunningGateway, model: str, *, stream: bool = False) -> tuple[
 
 def log_lines(gateway: RunningGateway, request_id: str, event: str) -> list[dict[str, Any]]:
     lines = []
-    for raw in gateway.log_text().splitlines():
+    for raw in gateway.log_text_after(request_id).splitlines():
         if request_id in raw and raw.startswith("{"):
             line = json.loads(raw)
             if line.get("event") == event:
