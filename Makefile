@@ -1,6 +1,6 @@
 # The two commands that do everything on a fresh machine (see README):
 #   make serve   install what is needed, then run the gateway (ARGS="--port 11500" etc.)
-#   make test    install what is needed, then run the test suite
+#   make test    install what is needed, then type-check (mypy --strict) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,7 @@ check: $(BIN)/.installed
 	$(BIN)/ollama-gateway check $(ARGS)
 
 test: $(BIN)/.installed
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
