@@ -11,7 +11,9 @@ What it does (see `--help` for knobs):
 1. Starts a fake OpenAI-compatible upstream (`bench_upstream.py`, pre-rendered bytes) and
    measures the direct client -> upstream path: the ceiling of what the load generator and
    upstream can do together.
-2. Starts the gateway (`ollama-gateway serve`, one worker) pinned to core 0 and
+2. Starts the gateway (`ollama-gateway serve`, one worker) pinned to core 0, the floor
+   (`bench_floor.py`: a bare FastAPI-on-Granian translator, the least this stack can cost,
+   started with the gateway's Granian options, one worker) pinned the same way, and
    ollama-openai-proxy 0.7.0 (installed once from PyPI into a scratch venv under
    .bench/proxy-venv) pinned the same way; the upstream and this load
    generator share the other core(s).
@@ -21,8 +23,9 @@ What it does (see `--help` for knobs):
    concurrent slow streams (peak RSS of the process tree; all must complete and be valid).
    Every response is checked for validity.
 4. Runs the gateway again with N workers (N = CPU count), unpinned, for the scaling ratio.
-5. Prints a markdown table (medians, min-max, ratios) and optionally writes raw JSON;
-   `python scripts/bench_report.py FILE.json` re-renders a saved run.
+5. Prints a markdown table (medians, min-max, ratios), the issues' targets judged PASS/FAIL on
+   this run (`bench_goals.py`: mostly the gateway against the floor), and optionally writes raw
+   JSON; `python scripts/bench_report.py FILE.json` re-renders a saved run.
 
 The load generator is a raw-asyncio HTTP/1.1 client (`bench_client.py`) with keep-alive
 connections and pre-built request bytes; the report shows its own CPU cost per request.
@@ -47,6 +50,7 @@ from typing import Any, TypeVar
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_client as client
+import bench_goals as goals
 import bench_procs as procs
 import bench_profile
 import bench_report as report
@@ -299,13 +303,14 @@ async def slow_phase(bench: Bench, all_targets: list[Target]) -> None:
 
     A fresh server per repeat makes the repeats independent (a process that once held 1,000
     streams keeps some of that memory, and ollama-openai-proxy's circuit breaker stays open
-    after failures). The direct path and the proxy are references: `slow_reference_repeats`.
+    after failures). The gateway and the floor (whose peak RSS is a target's yardstick) run
+    every repeat; the direct path and the proxy are references: `slow_reference_repeats`.
     """
     p = bench.profile
     for repeat in range(p.repeats):
         log(f"repeat {repeat + 1}/{p.repeats}: {p.slow_streams} slow streams")
         for target in all_targets:
-            if target.name != "gateway" and repeat >= p.slow_reference_repeats:
+            if target.name not in ("gateway", "floor") and repeat >= p.slow_reference_repeats:
                 continue
             await guarded(f"restart {target.name}", asyncio.to_thread(target.restart))
             await guarded(f"warm-up {target.name}", bench.warm_up(target))
@@ -349,7 +354,7 @@ def plan_cores() -> tuple[set[int] | None, set[int] | None, str]:
     if len(available) < 2:
         return None, None, "only one core available: nothing pinned (numbers mix all processes)"
     gateway, rest = {available[0]}, set(available[1:])
-    return gateway, rest, (f"gateway and proxy pinned to core {available[0]}; fake upstream and load generator "
+    return gateway, rest, (f"gateway, floor and proxy pinned to core {available[0]}; fake upstream and load generator "
                            f"on core(s) {','.join(map(str, sorted(rest)))}")
 
 
@@ -361,6 +366,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, --quick 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for the multi-worker run")
     parser.add_argument("--no-proxy", action="store_true", help="skip ollama-openai-proxy")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor (bench_floor.py)")
+    parser.add_argument("--today-chat-rps", type=float, default=goals.TODAY_CHAT_C32_RPS,
+                        help="the gateway's chat req/s at c=32 before issue 10, for the '4 x today' target "
+                             "(default: %(default)s, the README's run of 2026-11-25)")
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-worker run")
     parser.add_argument("--py-spy", action="store_true",
                         help="also profile the gateway worker with py-spy (chat c=32, long stream) and print top frames")
@@ -427,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
 
             gateway = Target("gateway", "gateway, 1 worker", "ollama", start_gateway_1w(), start_gateway_1w)
             main_targets.append(gateway)
+        if not args.no_floor:
+            floor_port = procs.free_port()
+
+            def start_floor() -> procs.Service:
+                return targets.start_floor(floor_port, upstream.port, log_dir, gateway_cores)
+
+            main_targets.append(Target("floor", "floor, 1 worker", "ollama", start_floor(), start_floor))
         if proxy_install is not None:
             proxy_port = procs.free_port()
 
@@ -475,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": report.machine_info(proxy_install.version if proxy_install else None, gateway_command),
         "profile": asdict(profile),
         "workers": args.workers,
+        "today_chat_c32_rps": args.today_chat_rps,
         "elapsed_s": time.monotonic() - started,
         "notes": notes,
         "runs": recorder.runs,
@@ -483,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiles": profiles,
         "log_dir": str(log_dir),
     }
+    results["goals"] = [{**asdict(goal), "verdict": goal.verdict} for goal in goals.judge_run(results)]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
         log(f"raw results written to {args.json}")

@@ -1,24 +1,25 @@
-"""Turn recorded benchmark runs into markdown: medians, min-max, per-repeat ratios, validity.
+"""Turn recorded benchmark runs into markdown: medians, min-max, per-repeat ratios, validity, goals.
 
 Ratios are computed per repeat (gateway and the other target measured back to back in the
-same repeat) and then summarised, so slow drift of a noisy machine largely cancels out.
-Every ratio is "gateway ÷ other": above 1 is better for throughput (↑), below 1 is better for
-times, CPU and memory (↓).
+same repeat) and then summarised, so slow drift of a noisy machine largely cancels out
+(`bench_stats`). Every ratio is "gateway ÷ other": above 1 is better for throughput (↑), below
+1 is better for times, CPU and memory (↓). The goals (the issues' targets) come from `bench_goals`.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-Values = list[float | None]
-MAIN_TARGETS = ("direct", "gateway", "proxy")
+from bench_goals import judge_run
+from bench_stats import Runs, cell, fmt_number, median, pairwise, ratio
+
+MAIN_TARGETS = ("direct", "gateway", "floor", "proxy")
+COMPARED = ("direct", "floor", "proxy")
 PACKAGES = ("ollama-gateway", "granian", "fastapi", "starlette", "pydantic", "httpx", "uvloop", "orjson")
 
 
@@ -55,74 +56,7 @@ def machine_info(proxy_version: str | None, gateway_command: list[str] | None) -
     }
 
 
-# --- statistics --------------------------------------------------------------------------------------------------
-
-def present(values: Values) -> list[float]:
-    """The values that were measured."""
-    return [v for v in values if v is not None]
-
-
-def pairwise(a: Values, b: Values, combine: Callable[[float, float], float | None]) -> Values:
-    """Combine two per-repeat series element by element (None where either is missing)."""
-    out: Values = []
-    for x, y in zip(a, b):
-        out.append(None if x is None or y is None else combine(x, y))
-    return out
-
-
-def ratio(x: float, y: float) -> float | None:
-    """x ÷ y, None when y is zero."""
-    return x / y if y else None
-
-
-def fmt_number(value: float) -> str:
-    """Three significant figures or so, thousands separated."""
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def cell(values: Values, suffix: str = "") -> str:
-    """"median (min–max)" of the measured values; "—" if none."""
-    found = present(values)
-    if not found:
-        return "—"
-    middle = fmt_number(statistics.median(found)) + suffix
-    if len(found) == 1:
-        return middle
-    return f"{middle} ({fmt_number(min(found))}–{fmt_number(max(found))})"
-
-
-def median(values: Values) -> float | None:
-    """Median of the measured values, or None."""
-    found = present(values)
-    return statistics.median(found) if found else None
-
-
 # --- tables ------------------------------------------------------------------------------------------------------
-
-class Runs:
-    """Read access to one phase of recorded runs."""
-
-    def __init__(self, results: dict[str, Any], phase: str) -> None:
-        self.data = results.get("runs", {}).get(phase, {})
-
-    def get(self, target: str, metric: str) -> Values:
-        """Per-repeat values (empty if never measured)."""
-        values: Values = self.data.get(target, {}).get(metric, [])
-        return values
-
-    def has(self, target: str) -> bool:
-        """Whether `target` was measured at all in this phase."""
-        return target in self.data
-
 
 def table(header: list[str], rows: list[list[str]], text_columns: tuple[int, ...] = (0,)) -> str:
     """A markdown table; numbers right-aligned, `text_columns` left-aligned."""
@@ -140,16 +74,17 @@ def main_rows(runs: Runs, results: dict[str, Any]) -> list[list[str]]:
     rows: list[list[str]] = []
 
     def value_row(label: str, metric: str, ratio_to_direct: bool = True) -> None:
-        d, g, p = (runs.get(t, metric) for t in MAIN_TARGETS)
-        rows.append([label, cell(d), cell(g), cell(p),
-                     cell(pairwise(g, d, ratio), "×") if ratio_to_direct else "—",
-                     cell(pairwise(g, p, ratio), "×")])
+        d, g, f, p = (runs.get(t, metric) for t in MAIN_TARGETS)
+        ratios = [cell(pairwise(g, other, ratio), "×") for other in (d, f, p)]
+        if not ratio_to_direct:
+            ratios[0] = "—"
+        rows.append([label, cell(d), cell(g), cell(f), cell(p), *ratios])
 
     def added_row(label: str, metric: str, scale: float = 1.0) -> None:
         d = runs.get("direct", metric)
-        g = pairwise(runs.get("gateway", metric), d, lambda x, y: (x - y) * scale)
-        p = pairwise(runs.get("proxy", metric), d, lambda x, y: (x - y) * scale)
-        rows.append([label, "—", cell(g), cell(p), "—", cell(pairwise(g, p, ratio), "×")])
+        g, f, p = (pairwise(runs.get(t, metric), d, lambda x, y: (x - y) * scale) for t in ("gateway", "floor", "proxy"))
+        rows.append([label, "—", cell(g), cell(f), cell(p), "—", cell(pairwise(g, f, ratio), "×"),
+                     cell(pairwise(g, p, ratio), "×")])
 
     value_row("chat c=1 latency p50 (ms) ↓", "lat_p50_ms")
     value_row("chat c=1 latency p99 (ms) ↓", "lat_p99_ms")
@@ -160,6 +95,7 @@ def main_rows(runs: Runs, results: dict[str, Any]) -> list[list[str]]:
         for concurrency in profile.get("concurrencies", (32, 128)):
             value_row(f"**{name}** c={concurrency} ({unit}) ↑", f"{scenario}_c{concurrency}_rps")
     value_row(f"{chunks}-chunk stream: time to first line (ms) ↓", "s512_ttfb_ms")
+    added_row(f"{chunks}-chunk stream: **first line after the direct path's** (ms) ↓", "s512_ttfb_ms")
     value_row(f"{chunks}-chunk stream: total (ms) ↓", "s512_total_ms")
     added_row(f"**added wall time per chunk** ({chunks}-chunk stream, µs) ↓", "s512_total_ms", 1000 / chunks)
     value_row("server CPU per chunk, whole stream (µs) ↓ ¹", "s512_cpu_us_per_chunk")
@@ -180,11 +116,11 @@ def cpu_rows(runs: Runs, concurrency: int) -> list[list[str]]:
         key = f"{scenario}_c{concurrency}"
         upstream = runs.get("direct", f"{key}_server_cpu_us")
         loadgen = runs.get("direct", f"{key}_loadgen_cpu_us")
-        gateway = runs.get("gateway", f"{key}_server_cpu_us")
-        proxy = runs.get("proxy", f"{key}_server_cpu_us")
+        gateway, floor, proxy = (runs.get(t, f"{key}_server_cpu_us") for t in ("gateway", "floor", "proxy"))
         capacity = [1e6 / v if v else None for v in gateway]
         rows.append([f"{name} c={concurrency}", cell(upstream), cell(loadgen), cell(gateway), cell(capacity),
-                     cell(proxy), cell(pairwise(gateway, proxy, ratio), "×")])
+                     cell(floor), cell(proxy), cell(pairwise(gateway, floor, ratio), "×"),
+                     cell(pairwise(gateway, proxy, ratio), "×")])
     return rows
 
 
@@ -207,7 +143,8 @@ def validity_section(results: dict[str, Any]) -> str:
     """Per target: responses checked, invalid, errors, and the most common reasons."""
     validity = results.get("validity", {})
     rows, reasons = [], []
-    for target, scenarios in validity.items():
+    order = [*MAIN_TARGETS, "gateway_n"]
+    for target, scenarios in sorted(validity.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         completed = sum(s["completed"] for s in scenarios.values())
         valid = sum(s["valid"] for s in scenarios.values())
         invalid = sum(s["invalid"] for s in scenarios.values())
@@ -224,45 +161,15 @@ def validity_section(results: dict[str, Any]) -> str:
     return text
 
 
-def targets_section(main: Runs, multi: Runs, results: dict[str, Any]) -> str:
-    """The issue's targets, judged on this run's medians (informational, never asserted)."""
-    profile = results.get("profile", {})
-    chunks = profile.get("long_stream_chunks", 512)
-    slow_n = profile.get("slow_streams", 1000)
-    workers = results.get("workers", 1)
-    lines = []
-
-    def verdict(label: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
-        mark = "n/a" if value is None else ("✅" if ok(value) else "❌")
-        lines.append(f"- {mark} {label}: {shown if value is not None else 'not measured'}")
-
-    added = median(pairwise(main.get("gateway", "lat_p50_ms"), main.get("direct", "lat_p50_ms"), lambda x, y: x - y))
-    verdict("added latency p50 ≤ 0.3 ms at c=1", added, lambda v: v <= 0.3, f"{fmt_number(added or 0)} ms")
-    for concurrency in profile.get("concurrencies", (32, 128)):
-        rate = median(main.get("gateway", f"chat_c{concurrency}_rps"))
-        verdict(f"non-streaming chat ≥ 3,000 req/s (c={concurrency})", rate, lambda v: v >= 3000,
-                f"{fmt_number(rate or 0)} req/s")
-        times = median(pairwise(main.get("gateway", f"chat_c{concurrency}_rps"),
-                                main.get("proxy", f"chat_c{concurrency}_rps"), ratio))
-        verdict(f"≥ 10× ollama-openai-proxy (chat c={concurrency})", times, lambda v: v >= 10,
-                f"{fmt_number(times or 0)}×")
-    per_chunk = median(pairwise(main.get("gateway", "s512_total_ms"), main.get("direct", "s512_total_ms"),
-                                lambda x, y: (x - y) * 1000 / chunks))
-    verdict("streaming overhead ≤ 8 µs per chunk (wall, vs direct)", per_chunk, lambda v: v <= 8,
-            f"{fmt_number(per_chunk or 0)} µs")
-    cpu_chunk = median(main.get("gateway", "s512_marginal_cpu_us_per_chunk"))
-    verdict("streaming overhead ≤ 8 µs per chunk (gateway CPU, marginal)", cpu_chunk, lambda v: v <= 8,
-            f"{fmt_number(cpu_chunk or 0)} µs")
-    rss = median(main.get("gateway", "slow_peak_rss_mib"))
-    verdict(f"{slow_n} slow streams in ≤ 150 MiB total RSS", rss, lambda v: v <= 150, f"{fmt_number(rss or 0)} MiB")
-    valid = present(main.get("gateway", "slow_valid"))
-    worst = min(valid) if valid else None
-    verdict(f"all {slow_n} slow streams complete and valid (every repeat)", worst, lambda v: v >= slow_n,
-            f"worst repeat {fmt_number(worst or 0)} of {slow_n}")
-    scale = median(pairwise(multi.get("gateway_n", f"chat_c{profile.get('multi_concurrency', 128)}_rps"),
-                            main.get("gateway", f"chat_c{profile.get('multi_concurrency', 128)}_rps"), ratio))
-    verdict(f"{workers} workers scale ≥ 0.8 × {workers} (chat, vs pinned 1 worker)", scale,
-            lambda v: v >= 0.8 * workers, f"{fmt_number(scale or 0)}× (see the note on shared cores)")
+def goals_section(results: dict[str, Any]) -> str:
+    """The issues' targets, judged PASS/FAIL on this run (`bench_goals`), one list per issue."""
+    lines: list[str] = []
+    section = None
+    for goal in judge_run(results):
+        if goal.section != section:
+            section = goal.section
+            lines += ["", f"{section}:", ""] if lines else [f"{section}:", ""]
+        lines.append(f"- **{goal.verdict}** {goal.label}: {goal.shown}")
     return "\n".join(lines)
 
 
@@ -272,6 +179,7 @@ def headroom_lines(main: Runs, results: dict[str, Any]) -> list[str]:
     for concurrency in results.get("profile", {}).get("concurrencies", (32,))[:1]:
         direct = median(main.get("direct", f"chat_c{concurrency}_rps"))
         gateway = median(main.get("gateway", f"chat_c{concurrency}_rps"))
+        floor = median(main.get("floor", f"chat_c{concurrency}_rps"))
         loadgen = median(main.get("direct", f"chat_c{concurrency}_loadgen_cpu_us"))
         upstream = median(main.get("direct", f"chat_c{concurrency}_server_cpu_us"))
         if direct and gateway and loadgen and upstream:
@@ -279,8 +187,10 @@ def headroom_lines(main: Runs, results: dict[str, Any]) -> list[str]:
                 f"Headroom: load generator + fake upstream together on one core do {fmt_number(direct)} chat req/s "
                 f"(c={concurrency}), {fmt_number(direct / gateway)}× the gateway's rate; per request the fake "
                 f"upstream spends {fmt_number(upstream)} µs CPU and the load generator (including the validity "
-                f"check) {fmt_number(loadgen)} µs.")
-    for target, label in (("gateway", "gateway"), ("proxy", "ollama-openai-proxy")):
+                f"check) {fmt_number(loadgen)} µs."
+                + (f" The floor does {fmt_number(floor)} req/s, {fmt_number(direct / floor)}× below that ceiling."
+                   if floor else ""))
+    for target, label in (("gateway", "gateway"), ("floor", "floor"), ("proxy", "ollama-openai-proxy")):
         snapshots = results.get("rss_at_peak_by_process", {}).get(target) or []
         if snapshots:
             parts = ", ".join(f"{name}: {mib} MiB" for name, mib in snapshots[-1].items())
@@ -302,21 +212,23 @@ def render(results: dict[str, Any]) -> str:
          f"Python {meta.get('python')}. Versions: {packages}. Revision: {meta.get('git')}."),
         "",
         (f"Each cell: median of {repeats} repeat(s) (min–max). Ratios are gateway ÷ other, per repeat. "
+         "The floor is a bare FastAPI-on-Granian translator (`scripts/bench_floor.py`) started and pinned "
+         "like the gateway: the least this stack can cost. "
          "↑ higher is better, ↓ lower is better. Absolute numbers on a shared machine are noisy; "
          "the ratios from one run are what count."),
         "",
     ]
     parts += [f"- {note}" for note in results.get("notes", [])]
-    parts += ["", table(["metric", "direct", "gateway, 1 worker", "ollama-openai-proxy",
-                         "gateway ÷ direct", "gateway ÷ proxy"], main_rows(main, results)), ""]
+    parts += ["", table(["metric", "direct", "gateway, 1 worker", "floor, 1 worker", "ollama-openai-proxy",
+                         "gateway ÷ direct", "gateway ÷ floor", "gateway ÷ proxy"], main_rows(main, results)), ""]
     parts += [
         ("¹ CPU time (user+system, /proc) of the server's process tree during the timed window; for "
          "\"direct\" the server is the fake upstream. The marginal figure, (CPU per 512-chunk stream − CPU "
          "per 16-chunk stream) ÷ 496, leaves out the per-request cost."),
         ("² RSS summed over the process tree (Granian: main process + worker), sampled every 100 ms; "
          "PSS counts shared pages once. The \"direct\" column is the fake upstream's. Each slow-stream "
-         "repeat runs on a freshly started, warmed-up server; the direct path and ollama-openai-proxy are "
-         "references and run it once (`slow_reference_repeats`)."),
+         "repeat runs on a freshly started, warmed-up server; the gateway and the floor run it every repeat, "
+         "the direct path and ollama-openai-proxy are references and run it once (`slow_reference_repeats`)."),
         "",
         *headroom_lines(main, results),
         "### CPU cost per request (µs, less noisy than wall-clock rates)",
@@ -324,7 +236,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for concurrency in profile.get("concurrencies", (32, 128))[:1]:
         parts += [table(["scenario", "fake upstream", "load generator", "gateway", "⇒ gateway req/s per core",
-                         "ollama-openai-proxy", "gateway ÷ proxy"], cpu_rows(main, concurrency)), ""]
+                         "floor", "ollama-openai-proxy", "gateway ÷ floor", "gateway ÷ proxy"],
+                        cpu_rows(main, concurrency)), ""]
     if multi.has("gateway_n"):
         workers = results.get("workers", 1)
         concurrency = profile.get("multi_concurrency", 128)
@@ -337,8 +250,8 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     parts += ["### Validity (every response checked)", "", validity_section(results), "",
-              "### Targets (issue item 2; informational, judged on this run's medians)", "",
-              targets_section(main, multi, results), ""]
+              "### Targets (informational, judged on this run's medians of per-repeat ratios)", "",
+              goals_section(results), ""]
     profiles = results.get("profiles") or {}
     if profiles:
         parts += ["### py-spy profile of the 1-worker gateway", ""]

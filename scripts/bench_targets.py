@@ -1,5 +1,5 @@
-"""What is measured: the targets (direct upstream, gateway, ollama-openai-proxy) and the request
-bytes plus validity check each one gets for each scenario."""
+"""What is measured: the targets (direct upstream, gateway, the floor, ollama-openai-proxy) and the
+request bytes plus validity check each one gets for each scenario."""
 
 from __future__ import annotations
 
@@ -144,6 +144,28 @@ def start_gateway(command: list[str], routes: Path, port: int, workers: int, log
             "--workers", str(workers), "--log-format", "json", "--log-level", "warning"]
     repo = Path(__file__).resolve().parent.parent
     service = start_service(name, argv, port, log_dir, cores, cwd=repo)
+    try:
+        wait_ready(service, "/", "Ollama is running", timeout_s=60)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_floor(port: int, upstream_port: int, log_dir: Path, cores: set[int] | None) -> Service:
+    """The floor (`bench_floor.py`) under the Granian CLI with the options `gateway.cli.serve` passes
+    Granian (kept in step by hand), one worker, from the same directory and pinned to the same cores.
+
+    The Granian master does not import the app, like the gateway's.
+    """
+    beside = Path(sys.executable).with_name("granian")
+    granian = [str(beside)] if beside.exists() else [sys.executable, "-m", "granian"]
+    argv = [*granian, "--interface", "asgi", "--factory", "--loop", "uvloop", "--http", "1", "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+            "--http1-buffer-size", str(64 * 1024), "--workers-kill-timeout", "30",
+            "--working-dir", str(Path(__file__).resolve().parent), "bench_floor:create_app"]
+    env = {"FLOOR_UPSTREAM": f"http://127.0.0.1:{upstream_port}/v1", "FLOOR_API_KEY": fx.API_KEY}
+    service = start_service("floor", argv, port, log_dir, cores, env=env, cwd=Path(__file__).resolve().parent.parent)
     try:
         wait_ready(service, "/", "Ollama is running", timeout_s=60)
     except BaseException:
