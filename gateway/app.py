@@ -21,20 +21,20 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from gateway import __version__
-from gateway.api import router
-from gateway.cors import CORSMiddleware, OriginPolicy, allowed_origins
+from gateway.http.ollama_api import router
+from gateway.http.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
-from gateway.guard import Drain, RequestGuard, follow_server_signals
-from gateway.limits import UpstreamLimiter
+from gateway.http.guard import Drain, RequestGuard, follow_server_signals
+from gateway.upstream.limiter import UpstreamLimiter
 from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
-from gateway.management import router as management_router
-from gateway.openai_routes import router as openai_router
-from gateway.openapi import gateway_openapi
-from gateway.reload import LiveGateway, LiveStateMiddleware
-from gateway.routemap import load_route_map
+from gateway.http.management import router as management_router
+from gateway.http.openai_api import router as openai_router
+from gateway.http.openapi import gateway_openapi
+from gateway.routing.live import LiveGateway, LiveStateMiddleware
+from gateway.routing.routemap import load_route_map
 from gateway.settings import Settings
 from gateway.translators import load_bindings
-from gateway.upstream import UpstreamClients
+from gateway.upstream.calls import UpstreamClients
 
 log = structlog.get_logger()
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.master import forward_sighup
-from gateway.routemap import (
+from gateway.routing.routemap import (
     RouteMap,
     RouteMapError,
     load_route_map,

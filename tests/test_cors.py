@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.cors import OriginPolicy, allowed_origins
+from gateway.http.cors import OriginPolicy, allowed_origins
 from tests.conftest import RunningGateway, routes_yaml
 from tests.fake_upstream import FakeUpstream
 

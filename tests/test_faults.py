@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from gateway.errors import UPSTREAM_FAULTS, upstream_fault
-from gateway.upstream import _connection_fault
+from gateway.upstream.calls import _connection_fault
 from tests.client_support import first_line, raw_request, wait_for
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks

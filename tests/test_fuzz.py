@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, GenerationMode
 
-from gateway.openapi import request_models
+from gateway.http.openapi import request_models
 from tests.conftest import RunningGateway
 
 settings.register_profile(

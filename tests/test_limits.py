@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from gateway.errors import SERVER_BUSY, ServerBusy
-from gateway.limits import UpstreamLimiter, json_too_deep
+from gateway.upstream.limiter import UpstreamLimiter, json_too_deep
 from gateway.settings import Settings
-from gateway.sse import MalformedEvent, SSEDecoder
+from gateway.upstream.sse import MalformedEvent, SSEDecoder
 from tests.client_support import first_line, raw_request, wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks
@@ -74,7 +74,7 @@ def test_a_long_healthy_stream_outlives_the_read_timeout(limited: RunningGateway
 
 def test_no_total_timeout_by_default() -> None:
     """The SDK's 600 s is a per-read timeout here; no total applies unless routes.yaml sets one."""
-    from gateway.routemap import UpstreamConfig
+    from gateway.routing.routemap import UpstreamConfig
 
     config = UpstreamConfig(base_url="http://127.0.0.1:1/v1")
     assert config.total_timeout is None

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import Grant, KeyChecker
+from gateway.routing.keys import Grant, KeyChecker
 from gateway.cli import main
-from gateway.discovery import context_length_of, discovered_routes
-from gateway.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.routing.discovery import context_length_of, discovered_routes
+from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
 
 UPSTREAMS = """
 upstreams:

@@ -19,8 +19,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.failover import retry_after_of, verdict_of
-from gateway.routemap import RouteMap
+from gateway.upstream.failover import retry_after_of, verdict_of
+from gateway.routing.routemap import RouteMap
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.errors import SHUTTING_DOWN
-from gateway.guard import Drain, RequestGuard
+from gateway.http.guard import Drain, RequestGuard
 from tests.client_support import wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sse import MalformedEvent, SSEDecoder
+from gateway.upstream.sse import MalformedEvent, SSEDecoder
 
 STREAM = b': keep-alive\n\ndata: {"a": 1}\n\ndata: {"b":\ndata: 2}\r\n\r\nevent: x\ndata: {"c": 3}\n\ndata: [DONE]\n\n'
 EXPECTED = [{"a": 1}, {"b": 2}, {"c": 3}]

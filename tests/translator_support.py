@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from gateway.clock import RequestClock
-from gateway.routemap import RouteMap, Target
-from gateway.sse import SSEDecoder
+from gateway.translators.clock import RequestClock
+from gateway.routing.routemap import RouteMap, Target
+from gateway.upstream.sse import SSEDecoder
 from tests.fake_upstream import load_example
 
 

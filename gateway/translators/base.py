@@ -16,10 +16,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
-from gateway.clock import RequestClock
+from gateway.translators.clock import RequestClock
 from gateway.errors import GatewayError
 from gateway.ollama import ModelRequest
-from gateway.routemap import Target
+from gateway.routing.routemap import Target
 
 RequestT = TypeVar("RequestT", bound=ModelRequest)
 

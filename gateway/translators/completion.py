@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, TypeVar
 
-from gateway.clock import now_rfc3339
+from gateway.translators.clock import now_rfc3339
 from gateway.errors import (
     BadRequest,
     UpstreamRejected,

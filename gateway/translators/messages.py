@@ -22,7 +22,7 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.ollama import Message, ToolCall
-from gateway.providers import Quirks
+from gateway.routing.presets import Quirks
 
 _VALID_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_TOOL_CHARS = re.compile(r"[^a-zA-Z0-9_-]")

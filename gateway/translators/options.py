@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.providers import Quirks
+from gateway.routing.presets import Quirks
 
 _SAME_NAME = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 # Options that configure how Ollama loads a model: no per-request meaning upstream, never sent.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.providers import ReasoningKnob
+from gateway.routing.presets import ReasoningKnob
 
 _OPEN, _CLOSE = "<think>", "</think>"
 

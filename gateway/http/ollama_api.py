@@ -14,15 +14,15 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gateway.auth import GRANT, ModelForbidden
-from gateway.clock import RequestClock
+from gateway.routing.keys import GRANT, ModelForbidden
+from gateway.translators.clock import RequestClock
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
-from gateway.failover import serve_translated
-from gateway.limits import json_too_deep
+from gateway.upstream.failover import serve_translated
+from gateway.upstream.limiter import json_too_deep
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
-from gateway.routemap import Target, has_tag
-from gateway.state import GatewayState
+from gateway.routing.routemap import Target, has_tag
+from gateway.routing.state import GatewayState
 
 router = APIRouter()
 log = structlog.get_logger()

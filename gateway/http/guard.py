@@ -42,7 +42,7 @@ log = structlog.get_logger()
 class OpenStream(Protocol):
     def error_chunk(self, message: str) -> bytes: ...
 
-GUARD_SCOPE_KEY = "gateway.guard"
+GUARD_SCOPE_KEY = "gateway.http.guard"
 _CLOSE = {"Connection": "close"}
 
 

@@ -35,7 +35,7 @@ import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 from watchfiles import Change, awatch
 
-from gateway.auth import (
+from gateway.routing.keys import (
     CLIENT_KEY,
     GRANT,
     UNAUTHORIZED_BODY,
@@ -43,13 +43,13 @@ from gateway.auth import (
     bearer_token,
     is_open,
 )
-from gateway.catalog import Catalog
-from gateway.discovery import Discovery
-from gateway.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.routing.catalog import Catalog
+from gateway.routing.discovery import Discovery
+from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
 from gateway.settings import Settings
-from gateway.state import GatewayState
+from gateway.routing.state import GatewayState
 from gateway.translators import BindingError, Translator, load_bindings
-from gateway.upstream import Client, UpstreamClients, close_clients
+from gateway.upstream.calls import Client, UpstreamClients, close_clients
 
 log = structlog.get_logger()
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import KeyChecker
-from gateway.catalog import Catalog
-from gateway.routemap import RouteMap
+from gateway.routing.keys import KeyChecker
+from gateway.routing.catalog import Catalog
+from gateway.routing.routemap import RouteMap
 from gateway.settings import Settings
 from gateway.translators import Translator
-from gateway.upstream import UpstreamClients
+from gateway.upstream.calls import UpstreamClients
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 
 from gateway.errors import GatewayError
-from gateway.routemap import AuthConfig, canonical_name
+from gateway.routing.routemap import AuthConfig, canonical_name
 
 CLIENT_KEY: ContextVar[str | None] = ContextVar("client_key", default=None)
 # The grant of the key the current request presented (set only when auth is on).

@@ -56,10 +56,10 @@ from gateway.errors import (
     error_body,
 )
 from gateway.logs import RequestRecord
-from gateway.routemap import RouteMap, Target
-from gateway.streaming import ndjson_stream, open_ndjson_stream
+from gateway.routing.routemap import RouteMap, Target
+from gateway.http.streaming import ndjson_stream, open_ndjson_stream
 from gateway.translators.base import StreamingTranslator, Translator
-from gateway.upstream import UpstreamClients
+from gateway.upstream.calls import UpstreamClients
 
 log = structlog.get_logger()
 

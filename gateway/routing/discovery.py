@@ -23,8 +23,8 @@ import structlog
 from pydantic import ValidationError
 
 from gateway.errors import GatewayError
-from gateway.routemap import ModelRoute, RouteMap, UpstreamConfig
-from gateway.upstream import UpstreamClients
+from gateway.routing.routemap import ModelRoute, RouteMap, UpstreamConfig
+from gateway.upstream.calls import UpstreamClients
 
 log = structlog.get_logger()
 

@@ -22,11 +22,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_body, upstream_fault
-from gateway.guard import GUARD_SCOPE_KEY
+from gateway.http.guard import GUARD_SCOPE_KEY
 from gateway.logs import RequestRecord
-from gateway.routemap import Target
+from gateway.routing.routemap import Target
 from gateway.translators.base import StreamingTranslator
-from gateway.upstream import UpstreamClients
+from gateway.upstream.calls import UpstreamClients
 
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
 _dumps: Callable[[Any], bytes] = orjson.dumps

@@ -17,10 +17,10 @@ import re
 import time
 from typing import Any
 
-from gateway.auth import GRANT
-from gateway.clock import rfc3339
+from gateway.routing.keys import GRANT
+from gateway.translators.clock import rfc3339
 from gateway.ollama import keep_alive_seconds
-from gateway.routemap import Target, tagged
+from gateway.routing.routemap import Target, tagged
 
 _FAMILY = re.compile(r"[a-z]+")
 _DEFAULT_KEEP_ALIVE_S = 300.0

@@ -30,13 +30,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
-from gateway.api import Record, State, _route, json_response, read_json_object
+from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
 from gateway.errors import BadRequest, GatewayError, ModelNotFound
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, describe_validation_error
-from gateway.routemap import Target
-from gateway.state import GatewayState
-from gateway.streaming import NDJSON_MEDIA_TYPE
+from gateway.routing.routemap import Target
+from gateway.routing.state import GatewayState
+from gateway.http.streaming import NDJSON_MEDIA_TYPE
 
 router = APIRouter()
 

@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.providers import (
+from gateway.routing.presets import (
     PRESETS,
     ProviderName,
     Quirks,

@@ -45,7 +45,7 @@ _OPENAI_BODY: dict[str, Any] = {
 
 def request_models() -> dict[tuple[str, str], type[BaseModel] | dict[str, Any]]:
     """(method, path) -> the model its body is validated with (or a schema for relayed bodies)."""
-    from gateway.management import CopyRequest, TransferRequest
+    from gateway.http.management import CopyRequest, TransferRequest
     from gateway.ollama import (
         ChatRequest,
         EmbeddingsRequest,

@@ -25,17 +25,17 @@ import httpx2
 import openai
 import orjson
 
-from gateway.auth import CLIENT_KEY
+from gateway.routing.keys import CLIENT_KEY
 from gateway.errors import (
     GatewayError,
     UpstreamRelayed,
     UpstreamUnavailable,
     upstream_fault,
 )
-from gateway.limits import UpstreamLimiter
-from gateway.routemap import RouteMap, Target, UpstreamConfig
-from gateway.sse import MalformedEvent, SSEDecoder
-from gateway.transport import AiohttpTransport
+from gateway.upstream.limiter import UpstreamLimiter
+from gateway.routing.routemap import RouteMap, Target, UpstreamConfig
+from gateway.upstream.sse import MalformedEvent, SSEDecoder
+from gateway.upstream.transport import AiohttpTransport
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _MAX_CONNECTIONS = 4096  # per upstream per worker: room for thousands of concurrent streams

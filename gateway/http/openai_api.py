@@ -27,14 +27,14 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from gateway.api import Record, State, _route, json_response, read_json_object
+from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
-from gateway.failover import with_failover
+from gateway.upstream.failover import with_failover
 from gateway.logs import RequestRecord
-from gateway.routemap import Target
-from gateway.state import GatewayState
-from gateway.streaming import open_stream
-from gateway.upstream import Relay
+from gateway.routing.routemap import Target
+from gateway.routing.state import GatewayState
+from gateway.http.streaming import open_stream
+from gateway.upstream.calls import Relay
 
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}

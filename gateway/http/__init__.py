@@ -1,0 +1,1 @@
+"""The wire surface: handlers, body reading, streamed responses, CORS, hosts, auth, the request guard."""

@@ -1,0 +1,1 @@
+"""The calls: clients, faults, failover, the exchange, the limiter, SSE."""
