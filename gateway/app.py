@@ -25,6 +25,7 @@ from gateway.http.ollama_api import router
 from gateway.http.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
 from gateway.http.guard import Drain, RequestGuard, follow_server_signals
+from gateway.http.hosts import HostGuard, HostPolicy, allowed_hosts
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
 from gateway.http.management import router as management_router
@@ -33,6 +34,7 @@ from gateway.http.openapi import gateway_openapi
 from gateway.routing.live import LiveGateway, LiveStateMiddleware
 from gateway.routing.routemap import load_route_map
 from gateway.settings import Settings
+from gateway.http.slashes import TrailingSlash
 from gateway.translators import load_bindings
 from gateway.upstream.calls import UpstreamClients
 
@@ -67,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Starlette's slash redirect builds its Location from the Host header; slashes.py serves instead.
+        redirect_slashes=False,
     )
     app.include_router(router)
     app.include_router(management_router)
@@ -82,8 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Pins the route map in force to each request and checks routes.yaml `auth` keys; inside
     # CORS, so a browser's preflight (which carries no key) is still answered.
     app.add_middleware(LiveStateMiddleware, live=live)
+    app.add_middleware(TrailingSlash)  # before auth and routing see the path
     # Inside the request log, so refused origins and preflights are logged too.
-    app.add_middleware(CORSMiddleware, policy=OriginPolicy(allowed_origins(settings.origins)))
+    hosts = HostPolicy(allowed_hosts(settings.allowed_hosts), listen_host=settings.bind_address()[0])
+    app.add_middleware(CORSMiddleware, policy=OriginPolicy(allowed_origins(settings.origins)), hosts=hosts)
+    # Outside CORS: a Host that is not ours (DNS rebinding) is refused before anything else runs.
+    app.add_middleware(HostGuard, policy=hosts)
     app.add_middleware(RequestLogMiddleware)
     return app
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.http.hosts import allowed_hosts
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     ollama_host: str | None = Field(default=None, validation_alias="OLLAMA_HOST")
     # Extra CORS origins, comma-separated, as Ollama's OLLAMA_ORIGINS (see cors.py).
     origins: str = Field(default="", validation_alias=AliasChoices("GATEWAY_ORIGINS", "OLLAMA_ORIGINS"))
+    # Extra `Host` names the gateway answers to, comma-separated; `*` turns the check off (hosts.py).
+    allowed_hosts: str = ""
     # Limits (limits.py, guard.py, cli.serve). Per worker: upstream requests at once (a stream
     # holds its slot until it ends), and how long a request waits for a slot before its 503.
     max_concurrent_upstream: int = Field(default=1024, ge=1)
@@ -50,6 +54,12 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=25.0, ge=0, le=1800)
     # Log prompts and completions (one `content` line per request). For debugging; off by default.
     log_content: bool = False
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: str) -> str:
+        allowed_hosts(value)  # raises ValueError naming the entry that is not a host name
+        return value
 
     def bind_address(self) -> tuple[str, int]:
         """Where to listen: explicit settings first, then `OLLAMA_HOST`, then 127.0.0.1:11434."""
@@ -72,7 +82,7 @@ class Settings(BaseSettings):
     def _limits_environ(self) -> dict[str, str]:
         names = (
             "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
-            "shutdown_grace", "log_content",
+            "shutdown_grace", "log_content", "allowed_hosts",
         )
         return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
 

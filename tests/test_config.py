@@ -49,6 +49,15 @@ def test_settings_round_trip_through_the_worker_environment(monkeypatch: pytest.
         Path("x.yaml"), ("127.0.0.1", 1234), 3, "json", "warning")
 
 
+def test_allowed_hosts_reach_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GATEWAY_ALLOWED_HOSTS is read by each worker's app, so `serve` must export it."""
+    environ = Settings(allowed_hosts="llm.example.com,*.corp.example").to_environ()
+    assert environ["GATEWAY_ALLOWED_HOSTS"] == "llm.example.com,*.corp.example"
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().allowed_hosts == "llm.example.com,*.corp.example"
+
+
 def test_check_prints_each_model_with_its_upstream(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text("upstreams:\n  up: {base_url: 'http://127.0.0.1:9/v1', api_key: '${NOT_SET_ANYWHERE}'}\n"

@@ -5,7 +5,9 @@ Ollama runs gin-contrib/cors with its own allow-list (`server/routes.go` `Genera
 `app://*`, `file://*`, `tauri://*`, `vscode-webview://*`, `vscode-file://*`, plus the comma-separated
 `OLLAMA_ORIGINS` (here `GATEWAY_ORIGINS` first, then `OLLAMA_ORIGINS`; `*` allows every origin).
 
-    no Origin, or Origin is this server itself   not CORS: passed through untouched
+    no Origin, or Origin is this server itself   not CORS: passed through untouched (only when
+                                                 the Host is one of ours, hosts.py: never on the
+                                                 strength of the client's Host alone)
     Origin not allowed                           403, empty body (any method, as gin-contrib/cors)
     OPTIONS from an allowed Origin               204 preflight: methods, headers, max-age
     any other request from an allowed Origin     passed through, Access-Control-Allow-Origin added
@@ -22,6 +24,8 @@ from collections.abc import Iterable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.http.hosts import HostPolicy
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
 _DEFAULT_SCHEMES = ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
@@ -75,11 +79,17 @@ def _pattern(entry: str) -> str:
 
 
 class CORSMiddleware:
-    """A pure ASGI middleware applying `OriginPolicy` the way Ollama's gin stack does."""
+    """A pure ASGI middleware applying `OriginPolicy` the way Ollama's gin stack does.
 
-    def __init__(self, app: ASGIApp, policy: OriginPolicy) -> None:
+    `hosts` says which `Host` headers are this gateway's own: a request whose Origin equals its
+    Host is same-origin only then. Otherwise a DNS-rebinding page (Origin and Host both
+    `attacker.example`) would pass as same-origin.
+    """
+
+    def __init__(self, app: ASGIApp, policy: OriginPolicy, hosts: HostPolicy) -> None:
         self.app = app
         self.policy = policy
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +97,7 @@ class CORSMiddleware:
             return
         headers = Headers(scope=scope)
         origin = headers.get("origin")
-        if not origin or _is_same_origin(origin, headers.get("host", "")):
+        if not origin or self._is_same_origin(origin, headers.get("host", "")):
             await self.app(scope, receive, send)
             return
         if not self.policy.allows(origin):
@@ -114,10 +124,10 @@ class CORSMiddleware:
 
         await self.app(scope, receive, send_with_cors)
 
-
-def _is_same_origin(origin: str, host: str) -> bool:
-    # gin-contrib/cors: a page served by this server (fetch sends Origin anyway) is not CORS.
-    return origin in (f"http://{host}", f"https://{host}")
+    def _is_same_origin(self, origin: str, host: str) -> bool:
+        # gin-contrib/cors: a page served by this server (fetch sends Origin anyway) is not CORS.
+        # The Host is the client's word, so it counts only when it names this gateway.
+        return origin.lower() in (f"http://{host.lower()}", f"https://{host.lower()}") and self.hosts.vouches_for(host)
 
 
 async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.routing import yamlload
 from gateway.routing.presets import (
     PRESETS,
     ProviderName,
@@ -428,10 +428,13 @@ def load_route_map(path: Path | str, environ: Mapping[str, str] | None = None, t
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise RouteMapError(f"{path}: cannot read the route map: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise RouteMapError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RouteMapError(f"{path}: not valid YAML: {exc}") from exc
+        raw = yamlload.load(text)
+    except yamlload.YamlError as exc:
+        # The position only: the file's lines can hold literal keys (yamlload.py).
+        raise RouteMapError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise RouteMapError(f"{path}: expected a mapping with 'upstreams' and 'models' at the top level")
     missing_keys: dict[tuple[Any, ...], str] = {}
