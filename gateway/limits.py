@@ -92,18 +92,22 @@ def json_excess(value: Any, max_depth: int, max_items: int) -> Literal["depth", 
     """
     if not isinstance(value, (dict, list)):
         return None
+    # Exact types (orjson makes no subclasses) and bound methods: this runs on every request.
     stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
     items = 0
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
         if depth > max_depth:
             return "depth"
         items += len(node)
         if items > max_items:
             return "items"
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
+        deeper = depth + 1
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push((child, deeper))
     return None
 
 
