@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
-        clients = UpstreamClients(route_map, limiter=limiter)
+        clients = UpstreamClients(route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes)
         stop_following = follow_server_signals(drain)
         live.start(clients)
         log.info("started", routes=str(settings.routes), models=len(route_map.models), upstreams=len(route_map.upstreams))

@@ -6,6 +6,11 @@ binds `request_id` (taken from an `X-Request-Id` header or made here, and echoed
 response is over, disconnects included. Nothing is logged per chunk. Prompts, completions and
 keys are never fields of any line, except that `GATEWAY_LOG_CONTENT=true` (a debugging switch,
 off by default) adds `ContentLogMiddleware`: one `content` line per request with both bodies.
+
+Every field is bounded (`bound_fields`): a client's 16 MB model name is 256 characters and a
+marker in the log, not 16 MB. An exception no handler caught is answered with Ollama's JSON 500
+(`status: 500`, `outcome: error` in the request line) and logged as one `unhandled_exception`
+line (type, message, where), without a traceback for each request.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import GatewayError, error_response
+
 log = structlog.get_logger()
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _REQUEST_ID_HEADER = b"x-request-id"
+# Longest string field in any line (names: 256, a traceback: 16 KiB), and longest list field.
+_FIELD_CHARS = 1024
+_FIELD_CHARS_BY_NAME = {"model": 256, "upstream_model": 256, "path": 256, "exception": 16 * 1024}
+_FIELD_ITEMS = 32
 
 
 def configure_logging(log_format: str, level: str) -> None:
@@ -36,10 +47,14 @@ def configure_logging(log_format: str, level: str) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        processors += [
+            structlog.processors.format_exc_info,
+            bound_fields,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors += [bound_fields, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=processors,
@@ -47,6 +62,30 @@ def configure_logging(log_format: str, level: str) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def bound_fields(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: cut long strings (with a marker saying how much) and long lists.
+
+    Fields hold what clients send (model names, paths, error messages that quote them); the
+    `content` line of `GATEWAY_LOG_CONTENT` is exempt, its middleware bounds it (64 KiB a body).
+    """
+    if event_dict.get("event") == "content":
+        return event_dict
+    for key, value in event_dict.items():
+        if type(value) is str:
+            if len(value) > 256:
+                event_dict[key] = _cut(value, _FIELD_CHARS_BY_NAME.get(key, _FIELD_CHARS))
+        elif type(value) is list:
+            items = [_cut(item, _FIELD_CHARS) if type(item) is str else item for item in value[:_FIELD_ITEMS]]
+            if len(value) > _FIELD_ITEMS:
+                items.append(f"...[{len(value) - _FIELD_ITEMS} more]")
+            event_dict[key] = items
+    return event_dict
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more chars]"
 
 
 class RequestRecord:
@@ -127,6 +166,21 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug of ours, not the client's: one line and a JSON 500, not a traceback per request
+            # and the server's plain-text 500. A response already started is cut short (the
+            # server closes the connection without ending the body, as it would on a raise).
+            error = exc if isinstance(exc, GatewayError) else None
+            if error is None:
+                text = f"{type(exc).__name__}: {exc}"
+                gateway = scope["state"].get("gateway")
+                if gateway is not None:
+                    text = gateway.clients.scrub(text)  # no upstream key in the log, whatever raised
+                log.error("unhandled_exception", exception=text, where=_where(exc))
+                error = GatewayError(f"internal error in the gateway (request id {request_id})", headers={"Connection": "close"})
+            record.fail(error, after_first_byte=bool(record.status))
+            if not record.status:
+                await error_response(error)(scope, receive, send_with_id)
         except BaseException as exc:
             record.outcome = "client_disconnected" if _is_cancellation(exc) else "crashed"
             raise
@@ -145,6 +199,17 @@ def _incoming_request_id(scope: Scope) -> str | None:
             if 0 < len(text) <= 128 and text.isprintable():
                 return text
     return None
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of the exception's traceback: `folder/file.py:line in function`."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{'/'.join(code.co_filename.split('/')[-2:])}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -60,7 +60,11 @@ class UpstreamClients:
     """The per-worker set of upstream clients, by upstream name."""
 
     def __init__(
-        self, route_map: RouteMap, previous: UpstreamClients | None = None, limiter: UpstreamLimiter | None = None
+        self,
+        route_map: RouteMap,
+        previous: UpstreamClients | None = None,
+        limiter: UpstreamLimiter | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         # A reloaded map keeps the client (and its pooled connections) of every upstream whose
         # settings did not change (see reload.py).
@@ -74,6 +78,8 @@ class UpstreamClients:
         self._keys = [config.api_key for config in route_map.upstreams.values() if config.api_key is not None]
         # One limit per worker, whatever reloads happen: a reloaded set keeps its predecessor's.
         self.limiter: UpstreamLimiter = limiter or (previous.limiter if previous is not None else UpstreamLimiter(1 << 30, 0.0))
+        # GATEWAY_MAX_UPSTREAM_ANSWER_BYTES: the most a non-streamed answer may be (502 beyond).
+        self.max_answer_bytes: int = max_answer_bytes or (previous.max_answer_bytes if previous is not None else 1 << 62)
 
     def scrub(self, text: str) -> str:
         """`text` with every upstream's API key masked (for error messages of any origin)."""
@@ -133,7 +139,7 @@ class UpstreamClients:
                     path, cast_to=httpx2.Response, content=orjson.dumps(body), options={"headers": _JSON_HEADERS}, stream=True
                 )
                 try:
-                    content = await response.aread()
+                    content = await read_capped(response, self.max_answer_bytes, target)
                 finally:
                     await response.aclose()
         try:
@@ -185,21 +191,27 @@ class UpstreamClients:
         except BaseException:
             self.limiter.release()
             raise
-        return Relay(response, target, model_name, self.limiter.release)
+        return Relay(response, target, model_name, self.limiter.release, self.max_answer_bytes)
 
 
 class Relay:
     """An upstream answer passed through as bytes: its content type, then its body as it arrives."""
 
-    __slots__ = ("_response", "_target", "_model_name", "_release")
+    __slots__ = ("_response", "_target", "_model_name", "_release", "_max_bytes")
 
     def __init__(
-        self, response: httpx2.Response, target: Target, model_name: str, release: Callable[[], None] | None = None
+        self,
+        response: httpx2.Response,
+        target: Target,
+        model_name: str,
+        release: Callable[[], None] | None = None,
+        max_bytes: int = 1 << 62,
     ) -> None:
         self._response = response
         self._target = target
         self._model_name = model_name
         self._release = release  # gives back the upstream slot, once
+        self._max_bytes = max_bytes  # for `read()`, the non-streamed answer
 
     @property
     def content_type(self) -> str:
@@ -211,7 +223,7 @@ class Relay:
 
     async def read(self) -> bytes:
         with upstream_errors(self._target, self._model_name):
-            return await self._response.aread()
+            return await read_capped(self._response, self._max_bytes, self._target)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body in network reads, unchanged (decompressed if the upstream compressed it)."""
@@ -284,6 +296,21 @@ class EventStream:
             yield head
         async for data in reads:
             yield data
+
+
+async def read_capped(response: httpx2.Response, limit: int, target: Target) -> bytes:
+    """The whole body, or the "too_large" fault (502) as soon as it passes `limit` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _fault("too_large", target, str(limit))
+    parts: list[bytes] = []
+    size = 0
+    async for data in response.aiter_bytes():
+        size += len(data)
+        if size > limit:
+            raise _fault("too_large", target, str(limit))
+        parts.append(data)
+    return b"".join(parts)
 
 
 @contextmanager
