@@ -106,7 +106,11 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._secrets()
-        record.msg, record.args = secrets.scrub(record.getMessage()), None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: both shown as they are
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = secrets.scrub(message), None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
