@@ -70,7 +70,7 @@ class UpstreamTimeout(GatewayError):
 
 class UpstreamRelayed(GatewayError):
     """An upstream error on the OpenAI-compatible `/v1` surface: its status and its OpenAI error
-    object (`{"message", "type", "param", "code", ...}`, message scrubbed), relayed unmapped."""
+    object (`{"message", "type", "param", "code", ...}`, every field scrubbed), relayed unmapped."""
 
     def __init__(self, error: dict[str, object], *, status_code: int, headers: dict[str, str] | None = None) -> None:
         super().__init__(str(error.get("message") or ""), status_code=status_code, headers=headers)

@@ -11,6 +11,11 @@ Every field is bounded (`bound_fields`): a client's 16 MB model name is 256 char
 marker in the log, not 16 MB. An exception no handler caught is answered with Ollama's JSON 500
 (`status: 500`, `outcome: error` in the request line) and logged as one `unhandled_exception`
 line (type, message, where), without a traceback for each request.
+
+Whatever a line holds, every string in it (an exception's text included) is scrubbed of the
+route map's secrets (`Redactor`) before fields are cut and rendered, so no line written
+through structlog can carry one; Granian's own lines (an unhandled exception's traceback) go
+through `RedactingFilter` on its handlers.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -27,10 +33,13 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_response
+from gateway.redact import Secrets
 
 log = structlog.get_logger()
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_NUMBERS = {int, float, bool, type(None)}
+_SERVER_LOGGER = "_granian"  # Granian's stdlib logger (its handlers are set up before the app)
 _REQUEST_ID_HEADER = b"x-request-id"
 # Longest string field in any line (names: 256, a traceback: 16 KiB), and longest list field.
 _FIELD_CHARS = 1024
@@ -38,24 +47,29 @@ _FIELD_CHARS_BY_NAME = {"model": 256, "upstream_model": 256, "path": 256, "excep
 _FIELD_ITEMS = 32
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """JSON lines when not on a terminal (or when asked), readable console lines otherwise."""
+def configure_logging(log_format: str, level: str, secrets: Callable[[], Secrets] | None = None) -> None:
+    """JSON lines when not on a terminal (or when asked), readable console lines otherwise.
+
+    `secrets` gives the secrets in force (they change with a reload): every line is scrubbed of them.
+    """
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
     if use_json:
-        processors += [
-            structlog.processors.format_exc_info,
-            bound_fields,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ]
+        processors.append(structlog.processors.format_exc_info)  # before the scrub: a traceback is text too
+    if secrets is not None:
+        processors.append(Redactor(secrets))  # before the level and time stamp, which hold no secret
+    # Cut long fields after the scrub: a secret straddling a cut would survive it otherwise.
+    processors += [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True), bound_fields]
+    if use_json:
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors += [bound_fields, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
         factory = structlog.PrintLoggerFactory(sys.stderr)
+    if secrets is not None:
+        for handler in logging.getLogger(_SERVER_LOGGER).handlers:
+            if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+                handler.addFilter(RedactingFilter(secrets))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -86,6 +100,61 @@ def bound_fields(logger: Any, method_name: str, event_dict: dict[str, Any]) -> d
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+class Redactor:
+    """A structlog processor: every string of a line (top level, or in lists and dicts) scrubbed.
+
+    Error text is scrubbed where it is made; this is the net under everything else a line may
+    carry. A line of plain strings costs one regex scan (in C, finding nothing) of them joined.
+    """
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: Callable[[], Secrets]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        secrets = self._secrets()
+        strings = []
+        for value in event.values():
+            if type(value) is str:
+                strings.append(value)
+            elif type(value) not in _NUMBERS:
+                break
+        else:
+            if not secrets.mentions("\0".join(strings)):  # the usual line: nothing to mask
+                return event
+        for name, value in event.items():
+            if isinstance(value, str):
+                event[name] = secrets.scrub(value)
+            elif isinstance(value, dict | list | tuple):
+                event[name] = secrets.scrub_json(value)
+        return event
+
+
+class RedactingFilter(logging.Filter):
+    """A stdlib handler filter: the record's message, traceback and stack scrubbed (formatted here)."""
+
+    def __init__(self, secrets: Callable[[], Secrets]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self._secrets()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: both shown as they are
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = secrets.scrub(message), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = secrets.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = secrets.scrub(record.stack_info)
+        return True
 
 
 class RequestRecord:

@@ -45,6 +45,7 @@ from gateway.auth import (
 )
 from gateway.catalog import Catalog
 from gateway.discovery import Discovery
+from gateway.redact import Secrets
 from gateway.routemap import RouteMap, RouteMapError, load_route_map
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -91,6 +92,11 @@ class LiveGateway:
         self._stop = asyncio.Event()
         self._current: Snapshot | None = None
         self.discovery = Discovery(lambda: self.current.state.clients, self._discovered)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets of the map in force (of the map loaded at start, before `start`)."""
+        return self._current.state.route_map.secrets if self._current is not None else self._route_map.secrets
 
     @property
     def current(self) -> Snapshot:
