@@ -43,17 +43,18 @@ log = structlog.get_logger()
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    configure_logging(settings.log_format, settings.log_level)
     route_map = load_route_map(settings.routes)
     bindings = load_bindings(route_map.endpoints)
     # Swapped whole on a routes.yaml reload or a discovery refresh (reload.py).
     live = LiveGateway(settings, route_map, bindings, settings.routes.read_bytes())
+    # Every log line is scrubbed of the secrets of the map in force.
+    configure_logging(settings.log_format, settings.log_level, lambda: live.secrets)
     drain = Drain(settings.shutdown_grace)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
-        clients = UpstreamClients(route_map, limiter=limiter)
+        clients = UpstreamClients(route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes)
         stop_following = follow_server_signals(drain)
         live.start(clients)
         log.info("started", routes=str(settings.routes), models=len(route_map.models), upstreams=len(route_map.upstreams))

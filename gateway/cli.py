@@ -79,14 +79,14 @@ def _route_table(route_map: RouteMap) -> str:
         fallbacks = ", ".join(route.fallbacks) or "-"
         if route.is_pattern:
             upstream_model = route.model or ("<name>" if route.name == "*" else "<rest of name>")
-            rows.append((route.name, route.upstream, upstream_model, fallbacks, upstream.base_url))
+            rows.append((route.name, route.upstream, upstream_model, fallbacks, upstream.display_url))
             continue
         upstream_model = route.model or strip_latest(route.name)
-        rows.append((route.listed_name, route.upstream, upstream_model, fallbacks, upstream.base_url))
-        rows += [(f"{tagged(alias)} (alias)", route.upstream, upstream_model, fallbacks, upstream.base_url) for alias in route.aliases]
+        rows.append((route.listed_name, route.upstream, upstream_model, fallbacks, upstream.display_url))
+        rows += [(f"{tagged(alias)} (alias)", route.upstream, upstream_model, fallbacks, upstream.display_url) for alias in route.aliases]
     for name, upstream in route_map.upstreams.items():
         if upstream.discover:
-            rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.base_url))
+            rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.display_url))
     lines = _columns(rows)
     lines.append("")
     upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "TIMEOUTS (connect/first token/total/idle)", "DISCOVER")]

@@ -70,7 +70,7 @@ class UpstreamTimeout(GatewayError):
 
 class UpstreamRelayed(GatewayError):
     """An upstream error on the OpenAI-compatible `/v1` surface: its status and its OpenAI error
-    object (`{"message", "type", "param", "code", ...}`, message scrubbed), relayed unmapped."""
+    object (`{"message", "type", "param", "code", ...}`, every field scrubbed), relayed unmapped."""
 
     def __init__(self, error: dict[str, object], *, status_code: int, headers: dict[str, str] | None = None) -> None:
         super().__init__(str(error.get("message") or ""), status_code=status_code, headers=headers)
@@ -142,6 +142,7 @@ UPSTREAM_FAULTS: dict[int | str, Fault] = {
     "transport": Fault(502, UpstreamUnavailable, "upstream '{upstream}' failed: {detail}"),
     "not_json": Fault(502, UpstreamUnavailable, "upstream '{upstream}' sent a body that is not JSON: {detail}"),
     "not_object": Fault(502, UpstreamUnavailable, "upstream '{upstream}' sent JSON that is not an object"),
+    "too_large": Fault(502, UpstreamUnavailable, "upstream '{upstream}' sent an answer over the gateway's limit of {detail} bytes"),
     # Faults of a stream (they may come before or after the first NDJSON line).
     "not_event_stream": Fault(502, UpstreamUnavailable, "upstream '{upstream}' did not send an event stream: {detail}"),
     "malformed_event": Fault(502, UpstreamUnavailable, "upstream '{upstream}' sent a malformed stream event: {detail}"),

@@ -6,6 +6,16 @@ binds `request_id` (taken from an `X-Request-Id` header or made here, and echoed
 response is over, disconnects included. Nothing is logged per chunk. Prompts, completions and
 keys are never fields of any line, except that `GATEWAY_LOG_CONTENT=true` (a debugging switch,
 off by default) adds `ContentLogMiddleware`: one `content` line per request with both bodies.
+
+Every field is bounded (`bound_fields`): a client's 16 MB model name is 256 characters and a
+marker in the log, not 16 MB. An exception no handler caught is answered with Ollama's JSON 500
+(`status: 500`, `outcome: error` in the request line) and logged as one `unhandled_exception`
+line (type, message, where), without a traceback for each request.
+
+Whatever a line holds, every string in it (an exception's text included) is scrubbed of the
+route map's secrets (`Redactor`) before fields are cut and rendered, so no line written
+through structlog can carry one; Granian's own lines (an unhandled exception's traceback) go
+through `RedactingFilter` on its handlers.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -21,32 +32,129 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import GatewayError, error_response
+from gateway.upstream.redact import Secrets
+
 log = structlog.get_logger()
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_NUMBERS = {int, float, bool, type(None)}
+_SERVER_LOGGER = "_granian"  # Granian's stdlib logger (its handlers are set up before the app)
 _REQUEST_ID_HEADER = b"x-request-id"
+# Longest string field in any line (names: 256, a traceback: 16 KiB), and longest list field.
+_FIELD_CHARS = 1024
+_FIELD_CHARS_BY_NAME = {"model": 256, "upstream_model": 256, "path": 256, "exception": 16 * 1024}
+_FIELD_ITEMS = 32
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """JSON lines when not on a terminal (or when asked), readable console lines otherwise."""
+def configure_logging(log_format: str, level: str, secrets: Callable[[], Secrets] | None = None) -> None:
+    """JSON lines when not on a terminal (or when asked), readable console lines otherwise.
+
+    `secrets` gives the secrets in force (they change with a reload): every line is scrubbed of them.
+    """
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
     if use_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        processors.append(structlog.processors.format_exc_info)  # before the scrub: a traceback is text too
+    if secrets is not None:
+        processors.append(Redactor(secrets))  # before the level and time stamp, which hold no secret
+    # Cut long fields after the scrub: a secret straddling a cut would survive it otherwise.
+    processors += [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True), bound_fields]
+    if use_json:
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
         factory = structlog.PrintLoggerFactory(sys.stderr)
+    if secrets is not None:
+        for handler in logging.getLogger(_SERVER_LOGGER).handlers:
+            if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+                handler.addFilter(RedactingFilter(secrets))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def bound_fields(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: cut long strings (with a marker saying how much) and long lists.
+
+    Fields hold what clients send (model names, paths, error messages that quote them); the
+    `content` line of `GATEWAY_LOG_CONTENT` is exempt, its middleware bounds it (64 KiB a body).
+    """
+    if event_dict.get("event") == "content":
+        return event_dict
+    for key, value in event_dict.items():
+        if type(value) is str:
+            if len(value) > 256:
+                event_dict[key] = _cut(value, _FIELD_CHARS_BY_NAME.get(key, _FIELD_CHARS))
+        elif type(value) is list:
+            items = [_cut(item, _FIELD_CHARS) if type(item) is str else item for item in value[:_FIELD_ITEMS]]
+            if len(value) > _FIELD_ITEMS:
+                items.append(f"...[{len(value) - _FIELD_ITEMS} more]")
+            event_dict[key] = items
+    return event_dict
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+class Redactor:
+    """A structlog processor: every string of a line (top level, or in lists and dicts) scrubbed.
+
+    Error text is scrubbed where it is made; this is the net under everything else a line may
+    carry. A line of plain strings costs one regex scan (in C, finding nothing) of them joined.
+    """
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: Callable[[], Secrets]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        secrets = self._secrets()
+        strings = []
+        for value in event.values():
+            if type(value) is str:
+                strings.append(value)
+            elif type(value) not in _NUMBERS:
+                break
+        else:
+            if not secrets.mentions("\0".join(strings)):  # the usual line: nothing to mask
+                return event
+        for name, value in event.items():
+            if isinstance(value, str):
+                event[name] = secrets.scrub(value)
+            elif isinstance(value, dict | list | tuple):
+                event[name] = secrets.scrub_json(value)
+        return event
+
+
+class RedactingFilter(logging.Filter):
+    """A stdlib handler filter: the record's message, traceback and stack scrubbed (formatted here)."""
+
+    def __init__(self, secrets: Callable[[], Secrets]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self._secrets()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: both shown as they are
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = secrets.scrub(message), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = secrets.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = secrets.scrub(record.stack_info)
+        return True
 
 
 class RequestRecord:
@@ -127,6 +235,21 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug of ours, not the client's: one line and a JSON 500, not a traceback per request
+            # and the server's plain-text 500. A response already started is cut short (the
+            # server closes the connection without ending the body, as it would on a raise).
+            error = exc if isinstance(exc, GatewayError) else None
+            if error is None:
+                text = f"{type(exc).__name__}: {exc}"
+                gateway = scope["state"].get("gateway")
+                if gateway is not None:
+                    text = gateway.clients.scrub(text)  # no upstream key in the log, whatever raised
+                log.error("unhandled_exception", exception=text, where=_where(exc))
+                error = GatewayError(f"internal error in the gateway (request id {request_id})", headers={"Connection": "close"})
+            record.fail(error, after_first_byte=bool(record.status))
+            if not record.status:
+                await error_response(error)(scope, receive, send_with_id)
         except BaseException as exc:
             record.outcome = "client_disconnected" if _is_cancellation(exc) else "crashed"
             raise
@@ -145,6 +268,17 @@ def _incoming_request_id(scope: Scope) -> str | None:
             if 0 < len(text) <= 128 and text.isprintable():
                 return text
     return None
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of the exception's traceback: `folder/file.py:line in function`."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{'/'.join(code.co_filename.split('/')[-2:])}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -2,24 +2,30 @@
 
 Unknown fields are ignored at every level, as Ollama ignores them; `name` is accepted for
 `model`; `role` is lower-cased; `absent` and `false` stay distinct for `stream` and `think`.
+Booleans are strict (`"yes"`, `"true"` or `1` for `stream` is a 400, as Go's decoder makes it in
+Ollama), and integers are Go's int64: a number beyond its range is a 400, never sent upstream.
 Validation failures become 400 errors (see `describe_validation_error`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 THINK_LEVELS = ("high", "medium", "low", "max")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Go's int/int64 (Ollama's integer fields): a larger number is a 400, not a crash in orjson.
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 # api.Options (Ollama v0.33) plus the names Ollama removed but clients still send; a known key
 # with the wrong JSON type is a 400, an unknown key is ignored (ollama-api.md §11).
@@ -57,7 +63,7 @@ class ModelRequest(_Body):
 class ToolCallFunction(_Body):
     name: str
     arguments: dict[str, Any] | str = Field(default_factory=dict)
-    index: int | None = None
+    index: Int64 | None = None
 
 
 class ToolCall(_Body):
@@ -93,10 +99,10 @@ class GenerationRequest(ModelRequest):
 
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
-    stream: bool | None = None
+    stream: StrictBool | None = None
     keep_alive: float | str | None = None
-    think: bool | str | None = None
-    logprobs: bool | None = None
+    think: StrictBool | str | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = None
 
     @field_validator("options")
@@ -106,6 +112,13 @@ class GenerationRequest(ModelRequest):
             for key, value in options.items():
                 check_option_type(key, value)
         return options
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think_type(cls, think: Any) -> Any:
+        if think is not None and not isinstance(think, (bool, str)):
+            raise ValueError("think must be a boolean or string")  # Ollama's ThinkValue.UnmarshalJSON
+        return think
 
     @field_validator("think")
     @classmethod
@@ -149,7 +162,7 @@ class GenerateRequest(GenerationRequest):
     system: str | None = None
     template: str | None = None
     context: list[int] | None = None
-    raw: bool | None = None
+    raw: StrictBool | None = None
     images: list[str] | None = None
 
 
@@ -162,8 +175,8 @@ def _valid_keep_alive(value: float | str | None) -> float | str | None:
 
 class EmbedRequest(ModelRequest):
     input: str | list[Any] = ""
-    truncate: bool | None = None
-    dimensions: int | None = Field(default=None, gt=0)
+    truncate: StrictBool | None = None
+    dimensions: int | None = Field(default=None, gt=0, le=INT64_MAX)
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
 
@@ -194,7 +207,7 @@ class EmbeddingsRequest(ModelRequest):
 
 
 class ShowRequest(ModelRequest):
-    verbose: bool | None = None
+    verbose: StrictBool | None = None
 
 
 def check_option_type(key: str, value: Any) -> None:
@@ -203,6 +216,9 @@ def check_option_type(key: str, value: Any) -> None:
         return
     if key in _INT_OPTIONS:
         ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+        if ok and not INT64_MIN <= value <= INT64_MAX:
+            # orjson reads an integer beyond uint64 as a float: 2**64 and 1e20 both land here.
+            raise ValueError(f'option "{key}" must be an integer between {INT64_MIN} and {INT64_MAX}')
         expected = "integer"
     elif key in _FLOAT_OPTIONS:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)

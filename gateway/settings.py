@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     # Large enough for several base64 images in one chat request.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=64, ge=4, le=200)
+    # What one parsed body may hold, checked before validation builds an object per item (a
+    # million tiny messages would stall the worker for seconds): chat messages, embedding
+    # inputs (OpenAI's own limit per request), and JSON values in all (array elements plus
+    # object members, at any depth).
+    max_messages: int = Field(default=10_000, ge=1)
+    max_inputs: int = Field(default=2048, ge=1)
+    max_json_items: int = Field(default=250_000, ge=1000)
+    # A non-streamed upstream answer is read whole before it is translated; beyond this, 502.
+    # Room for the largest real one: 2048 embeddings of 3072 floats, ~200 MB as OpenAI formats it.
+    max_upstream_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     # The request line plus headers (Granian's HTTP/1 buffer; it answers 431 beyond it).
     max_header_bytes: int = Field(default=64 * 1024, ge=8192)
     # Seconds in-flight requests get to finish after SIGTERM; keep it below the orchestrator's
@@ -82,7 +92,8 @@ class Settings(BaseSettings):
     def _limits_environ(self) -> dict[str, str]:
         names = (
             "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
-            "shutdown_grace", "log_content", "allowed_hosts",
+            "shutdown_grace", "log_content", "allowed_hosts", "max_messages", "max_inputs", "max_json_items",
+            "max_upstream_answer_bytes",
         )
         return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
 

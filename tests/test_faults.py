@@ -31,6 +31,7 @@ CHAT = "/v1/chat/completions"
 KEY = "sk-fault-marker-7f3a9c2e5b1d4086aa"
 PROMPT = "prompt-marker-4be1c9 never to be logged"
 COMPLETION = "completion-marker-90d2 never to be logged"
+ANSWER_LIMIT = 256 * 1024  # GATEWAY_MAX_UPSTREAM_ANSWER_BYTES of the `faulty` gateway
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ models:
   - {{name: tls, upstream: tls}}
   - {{name: blackhole, upstream: blackhole}}
 """)
-    env = {"FAULT_KEY": KEY, "GATEWAY_LOG_LEVEL": "debug"}
+    env = {"FAULT_KEY": KEY, "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_MAX_UPSTREAM_ANSWER_BYTES": str(ANSWER_LIMIT)}
     running = RunningGateway(routes, folder / "gateway.log", env=env, log_level="debug")
     yield running
     running.stop()
@@ -142,6 +143,9 @@ FAULTS = [
                        stream_message="upstream 'fake' did not send an event stream: 'Welcome to the proxy'"), id="body-not-json"),
     pytest.param(Fault(Reply.json([1, 2]), 502, "upstream 'fake' sent JSON that is not an object",
                        stream_message="upstream 'fake' did not send an event stream: '[1, 2]'"), id="json-not-object"),
+    pytest.param(Fault(Reply(raw=b'{"id": "' + b"x" * ANSWER_LIMIT + b'"}'), 502,
+                       f"upstream 'fake' sent an answer over the gateway's limit of {ANSWER_LIMIT} bytes",
+                       stream_message="upstream 'fake' did not send an event stream: '{\"id\": \"xxx", prefix=True), id="answer-too-large"),
     pytest.param(Fault(Reply(events=['{"id": "chatcmpl-1", "choices": ['], cut_after=1), 502,
                        "upstream 'fake' closed the connection in the middle of its answer"), id="body-cut"),
     pytest.param(Fault(Reply(events=['{"id": "chatcmpl-1", ', "}"], stall_after=1, stall=4), 504,
@@ -290,7 +294,7 @@ ROW_TESTS = {
     "other_4xx": "other-4xx", "other_5xx": "other-5xx", "refused": "connection-refused", "dns": "dns-failure",
     "tls": "tls-failure", "connect": "unit", "connect_timeout": "connect-timeout", "timeout": "read-timeout",
     "no_answer": "no-answer", "transport": "body-not-gzip", "not_json": "body-not-json", "not_object": "json-not-object",
-    "not_event_stream": "not-an-event-stream", "malformed_event": "malformed-event", "incomplete": "ends-without-done",
+    "too_large": "answer-too-large", "not_event_stream": "not-an-event-stream", "malformed_event": "malformed-event", "incomplete": "ends-without-done",
     "cut": "cut", "idle": "idle-timeout", "error_event": "error-event",
 }
 

@@ -4,6 +4,9 @@
 
 - a declared `Content-Length` over `GATEWAY_MAX_BODY_BYTES` gets 413 before the body is read; a
   chunked body is counted as it arrives and stops with 413 at the limit;
+- a body that ends before it is complete is a 400: Granian says `http.disconnect` both for a
+  malformed chunked body (the 400 reaches the client) and for a client that left mid-upload (the
+  400 goes nowhere, and the request is one log line);
 - once the handler has read the whole body, one task listens for `http.disconnect` and cancels
   the handler at once, so a client that leaves cancels the upstream request, `stream: false`
   included (Granian does not cancel handlers itself; vLLM `with_cancellation` is the same idea).
@@ -30,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
     SHUTTING_DOWN,
+    BadRequest,
     GatewayError,
     PayloadTooLarge,
     ServerBusy,
@@ -43,6 +47,7 @@ class OpenStream(Protocol):
     def error_chunk(self, message: str) -> bytes: ...
 
 GUARD_SCOPE_KEY = "gateway.http.guard"
+BODY_INCOMPLETE = "request body incomplete: malformed chunked encoding, or the client closed the connection"
 _CLOSE = {"Connection": "close"}
 
 
@@ -190,7 +195,7 @@ class GuardedRequest:
                 assert self._group is not None
                 self._group.start_soon(self._watch)
         elif message["type"] == "http.disconnect":
-            self._client_left()
+            raise BadRequest(BODY_INCOMPLETE, headers=dict(_CLOSE))
         return message
 
     async def _watch(self) -> None:

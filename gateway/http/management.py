@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from starlette.responses import Response
 
 from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
@@ -52,7 +52,7 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 class TransferRequest(ModelRequest):
     """/api/pull, /api/push, /api/create, /api/delete: `model` or `name`, and `stream`."""
 
-    stream: bool | None = None
+    stream: StrictBool | None = None
 
 
 class CopyRequest(BaseModel):

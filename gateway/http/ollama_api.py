@@ -18,7 +18,7 @@ from gateway.routing.keys import GRANT, ModelForbidden
 from gateway.translators.clock import RequestClock
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
 from gateway.upstream.failover import serve_translated
-from gateway.upstream.limiter import json_too_deep
+from gateway.upstream.limiter import check_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
 from gateway.routing.routemap import Target, has_tag
@@ -65,9 +65,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON in request body: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    depth = state_of(request).settings.max_json_depth
-    if json_too_deep(body, depth):
-        raise BadRequest(f"request body nests JSON deeper than {depth} levels")
+    check_body(body, state_of(request).settings)
     return body
 
 

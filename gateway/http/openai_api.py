@@ -14,6 +14,14 @@ for 400, `not_found_error` for 404 (an unknown model: `model 'x' not found`), el
 An upstream's own error status is relayed with its status and error object, except credential
 failures (502, as on `/api`). After the first SSE byte a failure becomes one last
 `data: {"error": ...}` event, which the OpenAI SDKs raise as an `APIError`.
+
+Secrets (the route map's, `redact.Secrets`) are scrubbed out of everything relayed that is not
+the healthy part of a stream: every field of an error object (where it is built and again
+here, where it is rendered), every body that is not an event stream (read whole), and every
+network read of a stream from the first one that mentions `error` on (an error event,
+`data: {"error": ...}` or `event: error`; `upstream.Relay`). The other reads of an event stream
+are relayed unparsed and unscrubbed, as they arrive: a model that writes a secret into a
+streamed completion is not masked.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from gateway.http.ollama_api import Record, State, _route, json_response, read_j
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
 from gateway.upstream.failover import with_failover
 from gateway.logs import RequestRecord
+from gateway.upstream.redact import Secrets
 from gateway.routing.routemap import Target
 from gateway.routing.state import GatewayState
 from gateway.http.streaming import open_stream
@@ -38,6 +47,7 @@ from gateway.upstream.calls import Relay
 
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+_NO_SECRETS = Secrets()
 
 
 class OpenAIRoute(APIRoute):
@@ -51,11 +61,11 @@ class OpenAIRoute(APIRoute):
                 return await handler(request)
             except GatewayError as exc:
                 state = request.scope.get("state", {})
-                if "gateway" in state:
-                    exc.message = state["gateway"].clients.scrub(exc.message)  # as app._gateway_error
+                secrets = state["gateway"].clients.secrets if "gateway" in state else _NO_SECRETS
+                exc.message = secrets.scrub(exc.message)  # as app._gateway_error
                 if "record" in state:
                     state["record"].fail(exc)
-                return openai_error_response(exc)
+                return openai_error_response(exc, secrets)
 
         return handle
 
@@ -103,14 +113,14 @@ async def _relay(request: Request, state: GatewayState, record: RequestRecord, p
 
     reply = await with_failover(primary, state.route_map, record, attempt)
     if reply.is_event_stream:
-        return await open_stream(_relayed_stream(reply, record), {}, reply.content_type)
+        return await open_stream(_relayed_stream(reply, record, state.clients.secrets), {}, reply.content_type)
     try:
         return Response(await reply.read(), media_type=reply.content_type)
     finally:
         await reply.aclose()
 
 
-async def _relayed_stream(reply: Relay, record: RequestRecord) -> AsyncGenerator[bytes, None]:
+async def _relayed_stream(reply: Relay, record: RequestRecord, secrets: Secrets) -> AsyncGenerator[bytes, None]:
     """The upstream's SSE bytes as they arrive; a failure after the first byte is a last event."""
     started = False
     try:
@@ -122,30 +132,33 @@ async def _relayed_stream(reply: Relay, record: RequestRecord) -> AsyncGenerator
     except GatewayError as exc:
         if not started:
             raise
+        exc.message = secrets.scrub(exc.message)
         record.fail(exc, after_first_byte=True)
-        yield b"data: " + orjson.dumps({"error": _error_object(exc)}) + b"\n\n"
+        yield b"data: " + orjson.dumps({"error": _error_object(exc, secrets)}) + b"\n\n"
     finally:
         await reply.aclose()
 
 
-def openai_error_response(error: GatewayError) -> Response:
+def openai_error_response(error: GatewayError, secrets: Secrets) -> Response:
     return Response(
-        orjson.dumps({"error": _error_object(error)}),
+        orjson.dumps({"error": _error_object(error, secrets)}),
         status_code=error.status_code,
         headers=error.headers,
         media_type=JSON_MEDIA_TYPE,
     )
 
 
-def _error_object(error: GatewayError) -> dict[str, Any]:
+def _error_object(error: GatewayError, secrets: Secrets) -> dict[str, Any]:
+    """OpenAI's error object, every field scrubbed (a relayed one was when it was built: again here)."""
     relayed: dict[str, Any] = dict(error.error) if isinstance(error, UpstreamRelayed) else {}
-    return {
+    rendered: dict[str, Any] = secrets.scrub_json({
         **relayed,
         "message": error.message,
         "type": relayed.get("type") or _ERROR_TYPES.get(error.status_code, "api_error"),
         "param": relayed.get("param"),
         "code": relayed.get("code"),
-    }
+    })
+    return rendered
 
 
 def _model(name: str, created: int) -> dict[str, Any]:

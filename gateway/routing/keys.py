@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 
 from gateway.errors import GatewayError
+from gateway.upstream.redact import CLIENT_KEY as CLIENT_KEY  # defined there: every scrub masks it too
 from gateway.routing.routemap import AuthConfig, canonical_name
 
-CLIENT_KEY: ContextVar[str | None] = ContextVar("client_key", default=None)
 # The grant of the key the current request presented (set only when auth is on).
 GRANT: ContextVar[Grant | None] = ContextVar("grant", default=None)
 

@@ -45,6 +45,7 @@ from gateway.routing.keys import (
 )
 from gateway.routing.catalog import Catalog
 from gateway.routing.discovery import Discovery
+from gateway.upstream.redact import Secrets
 from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
 from gateway.settings import Settings
 from gateway.routing.state import GatewayState
@@ -91,6 +92,11 @@ class LiveGateway:
         self._stop = asyncio.Event()
         self._current: Snapshot | None = None
         self.discovery = Discovery(lambda: self.current.state.clients, self._discovered)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets of the map in force (of the map loaded at start, before `start`)."""
+        return self._current.state.route_map.secrets if self._current is not None else self._route_map.secrets
 
     @property
     def current(self) -> Snapshot:

@@ -20,12 +20,14 @@ wins over it: among the entries of `models`, the first match wins.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -46,11 +48,14 @@ from gateway.routing.presets import (
     ReasoningInput,
     ReasoningKnob,
 )
+from gateway.upstream.redact import MASK, Secrets
 
 Capability = Literal["completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CACHE_LIMIT = 4096
+# Header and query parameter names whose values are credentials, whatever their length.
+_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|pass|cookie|session|signature|credential|^sig$|^code$", re.IGNORECASE)
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -130,12 +135,96 @@ class UpstreamConfig(QuirkSettings):
             raise ValueError("prefix may not hold '*' or spaces at either end")
         return prefix
 
+    @model_validator(mode="after")
+    def _basic_auth_fits(self) -> UpstreamConfig:
+        """A user and password in base_url go as HTTP basic auth, in `Authorization`: nothing else may."""
+        if self.basic_credentials is None:
+            return self
+        clash = ""
+        if self.api_key is not None and self.auth_header.lower() == "authorization":
+            clash = "api_key, which is sent in Authorization too (set auth_header to send it in another header)"
+        elif any(name.lower() == "authorization" for name in self.headers):
+            clash = "an Authorization header in headers"
+        elif self.pass_client_key:
+            clash = "pass_client_key, which sends the client's key in Authorization"
+        if clash:
+            raise ValueError(
+                "base_url holds a user and password, which are sent as HTTP basic auth in the Authorization header; "
+                f"that cannot be combined with {clash}"
+            )
+        return self
+
     # Name of the `${VAR}` the api_key needed but the environment lacked (set by the loader).
     _missing_key_variable: str | None = PrivateAttr(default=None)
 
     @property
     def missing_key_variable(self) -> str | None:
         return self._missing_key_variable
+
+    @property
+    def basic_credentials(self) -> tuple[str, str] | None:
+        """The user and password written in base_url (percent-decoded), if it holds any."""
+        parts = urlsplit(self.base_url)
+        if parts.username is None and parts.password is None:
+            return None
+        return unquote(parts.username or ""), unquote(parts.password or "")
+
+    @property
+    def basic_authorization(self) -> str | None:
+        """The `Authorization` header value for base_url's user and password (HTTP basic auth)."""
+        credentials = self.basic_credentials
+        if credentials is None:
+            return None
+        return "Basic " + base64.b64encode(":".join(credentials).encode()).decode("ascii")
+
+    @property
+    def request_url(self) -> str:
+        """base_url without its user and password: what requests go to."""
+        parts = urlsplit(self.base_url)
+        return self.base_url if self.basic_credentials is None else urlunsplit(parts._replace(netloc=_host_port(parts)))
+
+    @property
+    def display_url(self) -> str:
+        """base_url as `check` and error messages show it: its password (or a lone user, a token)
+        and its credential-like query parameters masked."""
+        parts = urlsplit(self.base_url)
+        if self.basic_credentials is not None:
+            user = f"{parts.username}:{MASK}" if parts.password is not None else MASK
+            parts = parts._replace(netloc=f"{user}@{_host_port(parts)}")
+        if parts.query:
+            pairs = [pair.partition("=") for pair in parts.query.split("&")]
+            masked = [f"{name}={MASK}" if value and _CREDENTIAL_NAME.search(unquote(name)) else name + sep + value
+                      for name, sep, value in pairs]
+            parts = parts._replace(query="&".join(masked))
+        return urlunsplit(parts)
+
+    def configured_secrets(self) -> Iterator[tuple[str, bool]]:
+        """Every secret this upstream is configured with, as `(value, strong)` (see `redact.Secrets`).
+
+        All header values count: a header is configured because the upstream wants it, and its
+        value is often a token. Those whose names say credential are strong; the others (a
+        Referer, a title) are weak and count only from 8 characters. Query parameters count when
+        their names say credential (`api-version` is no secret).
+        """
+        if self.api_key is not None:
+            yield self.api_key.get_secret_value(), True
+        for name, value in self.headers.items():
+            strong = bool(_CREDENTIAL_NAME.search(name))
+            yield value, strong
+            scheme, _, token = value.partition(" ")
+            if token and scheme.isalpha():
+                yield token.strip(), strong  # `Bearer <token>`: the token alone is a secret too
+        query = [*self.query.items(), *_query_pairs(self.base_url)]
+        yield from ((value, True) for name, value in query if _CREDENTIAL_NAME.search(name))
+        credentials = self.basic_credentials
+        if credentials is not None:
+            parts = urlsplit(self.base_url)
+            if parts.password is not None:
+                yield from ((parts.password, True), (credentials[1], True))
+            else:
+                yield from ((parts.username or "", True), (credentials[0], True))
+            authorization = self.basic_authorization or ""
+            yield authorization.removeprefix("Basic "), True
 
 
 class ModelRoute(QuirkSettings):
@@ -230,6 +319,21 @@ class RouteMap(BaseModel):
     # Discovered names (canonical) -> their targets; replaced as a whole by `with_discovered`.
     _discovered: dict[str, Target] = PrivateAttr(default_factory=dict)
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    _secrets: Secrets = PrivateAttr(default_factory=Secrets)
+
+    @model_validator(mode="after")
+    def _collect_secrets(self) -> RouteMap:
+        """One `Secrets` for the whole map: every upstream's, and the inbound auth keys."""
+        found = [secret for upstream in self.upstreams.values() for secret in upstream.configured_secrets()]
+        if self.auth is not None:
+            found += [(entry.key.get_secret_value(), True) for entry in self.auth.keys if entry.key is not None]
+        self._secrets = Secrets(found)
+        return self
+
+    @property
+    def secrets(self) -> Secrets:
+        """What every error, log line and relayed body is scrubbed of (built once per loaded map)."""
+        return self._secrets
 
     @model_validator(mode="after")
     def _check_references(self) -> RouteMap:
@@ -396,6 +500,18 @@ class Target:
     upstream_model: str
     quirks: Quirks
     listed_name: str | None = None
+
+
+def _host_port(parts: SplitResult) -> str:
+    return parts.netloc.rpartition("@")[2]
+
+
+def _query_pairs(url: str) -> Iterator[tuple[str, str]]:
+    """The parameters written in a URL, each value as written and percent-decoded."""
+    for pair in urlsplit(url).query.split("&"):
+        name, _, value = pair.partition("=")
+        if value:
+            yield from ((unquote(name), value), (unquote(name), unquote(value)))
 
 
 def has_tag(name: str) -> bool:

@@ -22,6 +22,8 @@ Timeouts per upstream: `first_token_timeout` abandons an attempt whose first lin
 (and falls back), `total_timeout` bounds the whole request, stream included. Every failed
 attempt is logged (`upstream_attempt`, with its target and outcome), and so is the success that
 follows one; a request answered at the first try is only in the request's summary line.
+A failure's message is scrubbed of the route map's secrets as soon as it is caught here, before
+it is logged: a translator (pure, it knows no secrets) may have quoted an upstream's text.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ async def with_failover(primary: Target, route_map: RouteMap, record: RequestRec
     try:
         return await attempt(primary, True)
     except GatewayError as exc:
+        exc.message = route_map.secrets.scrub(exc.message)
         verdict = verdict_of(exc, primary)
         _log_failure(primary, 1, exc, verdict)
         if verdict == "stop" or (not primary.route.fallbacks and (verdict == "next" or primary.upstream.max_retries == 0)):
@@ -114,6 +117,7 @@ async def _fail_over(primary: Target, route_map: RouteMap, record: RequestRecord
                     try:
                         result = await attempt(target, False)
                     except GatewayError as exc:
+                        exc.message = route_map.secrets.scrub(exc.message)
                         _log_failure(target, count, exc, verdict_of(exc, target), fallback=position > 0)
                         raise
                     log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
