@@ -36,7 +36,7 @@ from gateway.routing.routemap import load_route_map
 from gateway.settings import Settings
 from gateway.http.slashes import TrailingSlash
 from gateway.translators import load_bindings
-from gateway.upstream.calls import UpstreamClients
+from gateway.upstream.clients import UpstreamClients
 
 log = structlog.get_logger()
 

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
-import httpx2
-import openai
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
-from gateway.errors import UPSTREAM_FAULTS, upstream_fault
-from gateway.upstream.calls import _connection_fault
+from gateway.errors import UPSTREAM_FAULTS
+from gateway.upstream.faults import Origin, transport_fault
+from gateway.upstream.redact import Secrets
 from tests.client_support import first_line, raw_request, wait_for
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks
@@ -278,13 +279,13 @@ def test_repeated_finish_and_done_give_one_done_chunk(faulty: RunningGateway, up
 
 def test_other_connection_failures_keep_the_innermost_cause() -> None:
     """The "connect" row: a failure that is not refused, DNS or TLS (here: no route to host)."""
-    request = httpx2.Request("POST", "http://upstream.example/v1/chat/completions")
-    error = openai.APIConnectionError(request=request)
-    error.__cause__ = httpx2.ConnectError("[Errno 113] No route to host", request=request)
-    kind, detail = _connection_fault(error)
-    assert (kind, detail) == ("connect", "[Errno 113] No route to host")
-    fault = upstream_fault(kind, upstream="far", detail=detail)
+    error = aiohttp.ClientConnectorError(
+        ConnectionKey("upstream.example", 80, False, True, None, None, None), OSError(113, "No route to host")
+    )
+    origin = Origin("far", 1.0, 30.0, "http://upstream.example/v1", Secrets())
+    fault = transport_fault(error, origin, answering=False)
     assert (fault.status_code, fault.message) == (502, "upstream 'far' is unreachable: [Errno 113] No route to host")
+    assert fault.verdict == "retry"
 
 
 # Where each row of the table is tested: a case id above, or the unit test just before.

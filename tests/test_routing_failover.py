@@ -13,14 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.errors import (
-    ServerBusy,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import ServerBusy, UpstreamRejected, UpstreamTimeout, upstream_fault
 from gateway.upstream.failover import retry_after_of, verdict_of
-from gateway.routing.routemap import RouteMap
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
 
@@ -293,27 +287,19 @@ def test_an_upstream_never_sees_the_clients_authorization(gateway: RunningGatewa
 
 
 def test_verdicts_and_retry_after() -> None:
-    routes = RouteMap.model_validate({"upstreams": {"u": {"base_url": "http://x/v1"}}, "models": [{"name": "m", "upstream": "u"}]})
-    target = routes.resolve("m")
-    assert target is not None
-
-    class StatusError(Exception):
-        def __init__(self, status_code: int) -> None:
-            self.status_code = status_code
-
-    def failure(error: Exception, status: int | None) -> Exception:
-        if status is not None:
-            error.__cause__ = StatusError(status)
-        return error
-
-    assert verdict_of(UpstreamTimeout("t"), target) == "retry"
-    assert verdict_of(failure(UpstreamRejected("x", status_code=429), 429), target) == "retry"  # type: ignore[arg-type]
-    assert verdict_of(failure(UpstreamRejected("x", status_code=503), 503), target) == "retry"  # type: ignore[arg-type]
-    assert verdict_of(failure(UpstreamUnavailable("refused"), None), target) == "retry"  # type: ignore[arg-type]
-    assert verdict_of(failure(UpstreamUnavailable("key"), 401), target) == "next"  # type: ignore[arg-type]
-    assert verdict_of(failure(UpstreamRejected("bad", status_code=400), 400), target) == "stop"  # type: ignore[arg-type]
+    """Each failure carries its verdict from where it was classified (the fault table's rows)."""
+    assert verdict_of(UpstreamTimeout("t")) == "retry"
+    assert verdict_of(upstream_fault(429, upstream="u")) == "retry"
+    assert verdict_of(upstream_fault(503, upstream="u")) == "retry"
+    assert verdict_of(upstream_fault("refused", upstream="u")) == "retry"
+    assert verdict_of(upstream_fault(401, upstream="u")) == "next"
+    assert verdict_of(upstream_fault("model_not_found", upstream="u")) == "next"
+    assert verdict_of(upstream_fault(400, upstream="u")) == "stop"
+    # An error event's status, met outside the table, is judged the same way.
+    assert verdict_of(UpstreamRejected("x", status_code=429)) == "retry"
+    assert verdict_of(UpstreamRejected("bad", status_code=400)) == "stop"
     # The worker's own concurrency limit: a fallback would only queue behind the same limit again.
-    assert verdict_of(ServerBusy("server busy"), target) == "stop"
+    assert verdict_of(ServerBusy("server busy")) == "stop"
     assert retry_after_of(UpstreamRejected("x", headers={"Retry-After": "2"})) == 2.0
     assert retry_after_of(UpstreamRejected("x", headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert retry_after_of(UpstreamRejected("x")) is None

@@ -44,7 +44,7 @@ log = structlog.get_logger()
 
 
 class OpenStream(Protocol):
-    def error_chunk(self, message: str) -> bytes: ...
+    def error_chunk(self, error: GatewayError) -> bytes: ...
 
 GUARD_SCOPE_KEY = "gateway.http.guard"
 BODY_INCOMPLETE = "request body incomplete: malformed chunked encoding, or the client closed the connection"
@@ -231,7 +231,7 @@ class GuardedRequest:
         if record is not None:
             record.fail(error, after_first_byte=stream is not None)
         if stream is not None:
-            await self._send({"type": "http.response.body", "body": stream.error_chunk(error.message), "more_body": True})
+            await self._send({"type": "http.response.body", "body": stream.error_chunk(error), "more_body": True})
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         elif record is None or not record.status:
             await error_response(error)(self._scope, self._receive, self._send)

@@ -36,7 +36,7 @@ from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.routing.routemap import Target
 from gateway.routing.state import GatewayState
-from gateway.http.streaming import NDJSON_MEDIA_TYPE
+from gateway.upstream.exchange import NDJSON_MEDIA_TYPE
 
 router = APIRouter()
 

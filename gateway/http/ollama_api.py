@@ -17,7 +17,8 @@ from starlette.responses import Response
 from gateway.routing.keys import GRANT, ModelForbidden
 from gateway.translators.clock import RequestClock
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, ModelNotFound
-from gateway.upstream.failover import serve_translated
+from gateway.upstream.exchange import Exchange, OpenedStream, TranslatedCall
+from gateway.http.streaming import StreamedResponse
 from gateway.upstream.limiter import check_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
@@ -140,21 +141,16 @@ async def translated(request: Request, state: GatewayState, record: RequestRecor
     if reply is not None:
         state.catalog.mark_used(target, name, keep_alive)
         return json_response(reply)
-    body = translator.upstream_body()
-    dropped = getattr(translator, "dropped_options", None)
-    if dropped:
-        log.debug("options_dropped", options=dropped, upstream=target.upstream_name)
-    clock.mark_upstream_called()
+    call = TranslatedCall(Exchange(state.clients, state.route_map, record), translator, ollama_request, clock)
     try:
         # Retries and fallbacks (routes.yaml `max_retries`, `fallbacks`), before the first byte.
-        response = await serve_translated(
-            state.clients, state.route_map, record, translator, body, lambda other: translator_class(ollama_request, other, clock)
-        )
+        answer = await call.exchange.run(target, call)
     except GatewayError as exc:
         mapped = translator.map_error(exc)
         if mapped is exc:
             raise
         raise mapped from exc
+    response = StreamedResponse(answer) if isinstance(answer, OpenedStream) else Response(answer, media_type=JSON_MEDIA_TYPE)
     state.catalog.mark_used(target, name, keep_alive)
     return response
 

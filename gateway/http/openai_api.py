@@ -26,8 +26,7 @@ streamed completion is not masked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -37,13 +36,12 @@ from starlette.responses import Response
 
 from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
-from gateway.upstream.failover import with_failover
 from gateway.logs import RequestRecord
 from gateway.upstream.redact import Secrets
 from gateway.routing.routemap import Target
 from gateway.routing.state import GatewayState
-from gateway.http.streaming import open_stream
-from gateway.upstream.calls import Relay
+from gateway.http.streaming import StreamedResponse
+from gateway.upstream.exchange import Exchange, RelayCall
 
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
@@ -107,36 +105,28 @@ async def _relay(request: Request, state: GatewayState, record: RequestRecord, p
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required")
     primary = _route(state, record, name)
-
-    async def attempt(target: Target, is_first: bool) -> Relay:
-        return await state.clients.relay(target, path, orjson.dumps({**body, "model": target.upstream_model}), name)
-
-    reply = await with_failover(primary, state.route_map, record, attempt)
+    call = RelayCall(Exchange(state.clients, state.route_map, record), body, path, name)
+    reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
-        return await open_stream(_relayed_stream(reply, record, state.clients.secrets), {}, reply.content_type)
+        return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, state.clients.secrets)))
     try:
         return Response(await reply.read(), media_type=reply.content_type)
     finally:
-        await reply.aclose()
+        reply.close()
 
 
-async def _relayed_stream(reply: Relay, record: RequestRecord, secrets: Secrets) -> AsyncGenerator[bytes, None]:
-    """The upstream's SSE bytes as they arrive; a failure after the first byte is a last event."""
-    started = False
-    try:
-        async with aclosing(reply.chunks()) as chunks:
-            async for data in chunks:
-                started = True
-                record.chunks += 1
-                yield data
-    except GatewayError as exc:
-        if not started:
-            raise
-        exc.message = secrets.scrub(exc.message)
-        record.fail(exc, after_first_byte=True)
-        yield b"data: " + orjson.dumps({"error": _error_object(exc, secrets)}) + b"\n\n"
-    finally:
-        await reply.aclose()
+class SSEFraming:
+    """The relayed event stream: its own content type; an error after the first byte is a last
+    `data: {"error": ...}` event, which the OpenAI SDKs raise as an `APIError`."""
+
+    __slots__ = ("media_type", "_secrets")
+
+    def __init__(self, media_type: str, secrets: Secrets) -> None:
+        self.media_type = media_type
+        self._secrets = secrets
+
+    def error_chunk(self, error: GatewayError) -> bytes:
+        return b"data: " + orjson.dumps({"error": _error_object(error, self._secrets)}) + b"\n\n"
 
 
 def openai_error_response(error: GatewayError, secrets: Secrets) -> Response:

@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from gateway.errors import GatewayError
 from gateway.routing.routemap import ModelRoute, RouteMap, UpstreamConfig
-from gateway.upstream.calls import UpstreamClients
+from gateway.upstream.calls import list_models
+from gateway.upstream.clients import UpstreamClients
 
 log = structlog.get_logger()
 
@@ -72,7 +73,8 @@ class Discovery:
             delay = config.discover_interval
             try:
                 async with asyncio.timeout(config.discover_timeout):
-                    data = await self._clients().list_models(name, config.discover_timeout)
+                    clients = self._clients()
+                    data = await list_models(clients[name], config.discover_timeout, clients.max_answer_bytes)
             except (GatewayError, TimeoutError) as exc:
                 message = exc.message if isinstance(exc, GatewayError) else f"no answer within {config.discover_timeout:g} s"
                 kept = len(self.lists.get(name, ()))

@@ -50,7 +50,7 @@ from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
 from gateway.settings import Settings
 from gateway.routing.state import GatewayState
 from gateway.translators import BindingError, Translator, load_bindings
-from gateway.upstream.calls import Client, UpstreamClients, close_clients
+from gateway.upstream.clients import UpstreamClient, UpstreamClients, close_clients
 
 log = structlog.get_logger()
 
@@ -87,7 +87,7 @@ class LiveGateway:
         self._problem: str | None = None
         self._modified_ns = _modified_ns(self.path)
         self._retired: list[Snapshot] = []
-        self._orphans: list[Client] = []
+        self._orphans: list[UpstreamClient] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._current: Snapshot | None = None

@@ -14,7 +14,7 @@ from gateway.routing.catalog import Catalog
 from gateway.routing.routemap import RouteMap
 from gateway.settings import Settings
 from gateway.translators import Translator
-from gateway.upstream.calls import UpstreamClients
+from gateway.upstream.clients import UpstreamClients
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,394 @@
+"""One request's exchange with the upstreams: attempts, retries and fallbacks, deadlines, and the
+first-byte rule.
+
+    Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
+                                        says: the same target again, then each fallback
+    TranslatedCall                      a translator's request: one JSON answer, or its NDJSON
+                                        stream opened up to the first line
+    RelayCall                           `/v1`: the body with the target's model id, the answer as is
+    open_stream(chunks, framing, ...)   the first-byte rule, the one place it is written
+
+The first-byte rule: a stream is run up to its first chunk before the response starts, so any
+failure until then is an exception (a real status, and failover may still try elsewhere).
+After it, a failure becomes one last chunk in the stream's own framing (`Framing.error_chunk`:
+an NDJSON `{"error": ...}` line, an SSE error event) and the stream ends; never a `done` chunk.
+
+Deadlines per attempt (routes.yaml): `first_token_timeout` abandons an attempt whose first chunk
+has not come (and falls back), `total_timeout` bounds the whole request, stream included. Every
+failed attempt is logged (`upstream_attempt`, with its target and outcome), and so is the
+success that follows one; a request answered at the first try is only in its summary line.
+Each upstream request holds a slot of the worker's limiter until its answer is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
+import structlog
+from tenacity import RetryCallState
+
+from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout, error_body
+from gateway.logs import RequestRecord
+from gateway.ollama import ModelRequest
+from gateway.routing.routemap import RouteMap, Target
+from gateway.translators.base import StreamingTranslator, Translator
+from gateway.translators.clock import RequestClock
+from gateway.upstream import failover
+from gateway.upstream.calls import Relay, open_events, open_relay, post_json
+from gateway.upstream.clients import UpstreamClients
+from gateway.upstream.faults import fault
+from gateway.upstream.redact import Secrets
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+_dumps: Callable[[Any], bytes] = orjson.dumps
+
+
+class Call(Protocol[T_co]):
+    """What one request sends: `attempt(target, first)` tries it on one target."""
+
+    async def attempt(self, target: Target, first: bool) -> T_co: ...
+
+
+class Framing(Protocol):
+    """How a stream is framed: its media type, and the last chunk that carries an error."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    def error_chunk(self, error: GatewayError) -> bytes: ...
+
+
+class NDJSON:
+    """Ollama's streams: one JSON object a line."""
+
+    media_type = NDJSON_MEDIA_TYPE
+
+    def error_chunk(self, error: GatewayError) -> bytes:
+        return error_body(error.message) + b"\n"
+
+
+NDJSON_FRAMING = NDJSON()
+
+
+class OpenedStream:
+    """A stream past its first chunk: `first`, then `rest` (which ends with an error chunk, if any)."""
+
+    __slots__ = ("first", "rest", "framing")
+
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], framing: Framing) -> None:
+        self.first = first
+        self.rest = rest
+        self.framing = framing
+
+    @property
+    def media_type(self) -> str:
+        return self.framing.media_type
+
+    def error_chunk(self, error: GatewayError) -> bytes:
+        return self.framing.error_chunk(error)
+
+
+async def open_stream(
+    chunks: AsyncGenerator[bytes, None],
+    framing: Framing,
+    record: RequestRecord,
+    secrets: Secrets,
+    *,
+    first_within: float | None = None,
+    on_first_timeout: Callable[[], GatewayError] | None = None,
+    deadline: float | None = None,
+    on_deadline: Callable[[], GatewayError] | None = None,
+    allow_empty: bool = False,
+) -> OpenedStream:
+    """Run `chunks` to its first chunk (raising any failure), then hand the rest over.
+
+    `first_within` (seconds) bounds the wait for the first chunk and `deadline` (loop time) the
+    whole stream, each failing with its own error. `allow_empty`: a stream that ends at once has
+    an empty body (the `/v1` relay) instead of being an error.
+    """
+    limit, too_slow = first_within, on_first_timeout
+    if deadline is not None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if limit is None or remaining < limit:
+            limit, too_slow = remaining, on_deadline
+    try:
+        if limit is None:
+            first = await anext(chunks)
+        else:
+            async with asyncio.timeout(limit):
+                first = await anext(chunks)
+    except StopAsyncIteration:
+        await chunks.aclose()
+        if not allow_empty:
+            raise
+        first = b""
+    except TimeoutError as exc:
+        await chunks.aclose()
+        assert too_slow is not None
+        raise too_slow() from exc
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return OpenedStream(first, _after_first(chunks, framing, record, secrets, deadline, on_deadline), framing)
+
+
+async def _after_first(
+    chunks: AsyncGenerator[bytes, None], framing: Framing, record: RequestRecord, secrets: Secrets,
+    deadline: float | None, too_slow: Callable[[], GatewayError] | None,
+) -> AsyncGenerator[bytes, None]:
+    try:
+        if deadline is None:
+            async for chunk in chunks:
+                yield chunk
+            return
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                assert too_slow is not None
+                raise too_slow() from None
+            yield chunk
+    except GatewayError as exc:
+        exc.message = secrets.scrub(exc.message)
+        record.fail(exc, after_first_byte=True)
+        yield framing.error_chunk(exc)
+    finally:
+        await chunks.aclose()
+
+
+class Exchange:
+    """The attempts of one request: on the primary target, then as `failover` says."""
+
+    __slots__ = ("clients", "route_map", "record")
+
+    def __init__(self, clients: UpstreamClients, route_map: RouteMap, record: RequestRecord) -> None:
+        self.clients = clients
+        self.route_map = route_map
+        self.record = record
+
+    async def run(self, primary: Target, call: Call[T]) -> T:
+        try:
+            return await call.attempt(primary, True)  # the no-fault path: one call, nothing else
+        except GatewayError as exc:
+            exc.message = self.clients.scrub(exc.message)  # before anything logs it
+            _log_failure(primary, 1, exc)
+            if failover.gives_up_at_once(exc, primary):
+                raise
+            first_error = exc
+        return await self._fail_over(primary, call, first_error)
+
+    async def _fail_over(self, primary: Target, call: Call[T], first_error: GatewayError) -> T:
+        errors: list[GatewayError] = []
+        pending: GatewayError | None = first_error
+        for position, target in enumerate(failover.targets(primary, self.route_map)):
+            if position:
+                self.record.upstream = target.upstream_name
+                self.record.upstream_model = target.upstream_model
+            count = 1 if pending is not None else 0
+            try:
+                async for state in failover.retrying(target, _log_wait(target)):
+                    with state:
+                        if pending is not None:
+                            # The primary's first try already failed (in `run`): let tenacity
+                            # decide on it, so its wait and its count are the library's.
+                            error, pending = pending, None
+                            raise error
+                        count += 1
+                        try:
+                            result = await call.attempt(target, False)
+                        except GatewayError as exc:
+                            exc.message = self.clients.scrub(exc.message)
+                            _log_failure(target, count, exc, fallback=position > 0)
+                            raise
+                        log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
+                                 attempt=count, fallback=position > 0, outcome="ok")
+                        return result
+            except GatewayError as exc:
+                if exc.verdict == "stop":
+                    raise
+                errors.append(exc)
+        raise failover.final_error(errors)
+
+
+def _log_failure(target: Target, attempt: int, exc: GatewayError, fallback: bool = False) -> None:
+    log.warning(
+        "upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model, attempt=attempt,
+        fallback=fallback, outcome="failed", status=exc.status_code, error=exc.message,
+        then={"retry": "retry", "next": "fall back", "stop": "give up"}[exc.verdict],
+    )
+
+
+def _log_wait(target: Target) -> Callable[[RetryCallState], None]:
+    def logged(state: RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.info("upstream_retry", upstream=target.upstream_name, upstream_model=target.upstream_model, wait_s=round(wait, 3))
+
+    return logged
+
+
+def _total_timeout(target: Target) -> Callable[[], UpstreamTimeout]:
+    def error() -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"upstream '{target.upstream_name}' did not finish within total_timeout ({target.upstream.total_timeout:g} s)"
+        )
+
+    return error
+
+
+def _first_token_timeout(target: Target) -> Callable[[], UpstreamTimeout]:
+    def error() -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"upstream '{target.upstream_name}' sent nothing within first_token_timeout "
+            f"({target.upstream.first_token_timeout:g} s)"
+        )
+
+    return error
+
+
+RequestT = TypeVar("RequestT", bound=ModelRequest)
+
+
+class TranslatedCall(Generic[RequestT]):
+    """An Ollama endpoint served by a translator: the JSON reply's bytes, or an NDJSON stream.
+
+    The first attempt uses the translator the handler made; every retry and fallback gets a fresh
+    one of the same class for its target (the body depends on the target's model id and quirks,
+    and a stream's translator has state). A fallback that cannot take the request is `Unsuitable`.
+    """
+
+    __slots__ = ("exchange", "translator", "_request", "_clock")
+
+    def __init__(self, exchange: Exchange, translator: Translator[RequestT], request: RequestT, clock: RequestClock) -> None:
+        self.exchange = exchange
+        self.translator = translator
+        self._request = request
+        self._clock = clock
+
+    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream:
+        translator = self.translator if first else self._fresh(target)
+        body = _dumps(translator.upstream_body())
+        dropped = getattr(translator, "dropped_options", None)
+        if dropped:
+            log.debug("options_dropped", options=dropped, upstream=target.upstream_name)
+        if first:
+            self._clock.mark_upstream_called()
+        if isinstance(translator, StreamingTranslator) and translator.streams:
+            return await self._stream(translator, target, body)
+        return await self._json(translator, target, body)
+
+    def _fresh(self, target: Target) -> Translator[RequestT]:
+        is_primary = target is self.translator.target
+        try:
+            fresh = type(self.translator)(self._request, target, self._clock)
+            if not is_primary:
+                fresh.local_reply()  # runs the capability checks for this target
+            return fresh
+        except BadRequest as exc:
+            if is_primary:
+                raise
+            raise Unsuitable(f"fallback '{target.route.name}' cannot take this request: {exc.message}") from exc
+
+    async def _json(self, translator: Translator[RequestT], target: Target, body: bytes) -> bytes:
+        exchange = self.exchange
+        clients = exchange.clients
+        client = clients.of(target)
+        total = target.upstream.total_timeout
+        try:
+            async with clients.limiter.slot(), asyncio.timeout(total):
+                answer = await post_json(client, translator.upstream_path, body, self._request.model, clients.max_answer_bytes)
+        except TimeoutError as exc:
+            raise _total_timeout(target)() from exc
+        reply = _dumps(translator.from_response(answer))
+        exchange.record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        return reply
+
+    async def _stream(self, translator: StreamingTranslator[RequestT], target: Target, body: bytes) -> OpenedStream:
+        upstream = target.upstream
+        total = upstream.total_timeout
+        exchange = self.exchange
+        return await open_stream(
+            self._ndjson(translator, target, body), NDJSON_FRAMING, exchange.record, exchange.clients.secrets,
+            first_within=upstream.first_token_timeout, on_first_timeout=_first_token_timeout(target),
+            deadline=asyncio.get_running_loop().time() + total if total is not None else None,
+            on_deadline=_total_timeout(target),
+        )
+
+    async def _ndjson(self, translator: StreamingTranslator[RequestT], target: Target, body: bytes) -> AsyncGenerator[bytes, None]:
+        """The NDJSON body: one write per upstream network read, each line ending in a newline."""
+        clients = self.exchange.clients
+        record = self.exchange.record
+        async with clients.limiter.slot():
+            events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            try:
+                async for batch in events.batches():
+                    lines: list[bytes] = []
+                    failure: GatewayError | None = None
+                    try:
+                        for event in batch:
+                            lines.extend(_dumps(chunk) for chunk in translator.feed(event))
+                    except GatewayError as exc:
+                        failure = exc  # the lines before it in this read are still the client's
+                    if lines:
+                        record.chunks += len(lines)
+                        yield b"\n".join(lines) + b"\n"
+                    if failure is not None:
+                        raise failure
+                if not events.saw_done and not translator.saw_finish_reason:
+                    # Without [DONE] a stream is complete only if it said why it finished: a stream
+                    # cut short is never answered with a made-up `done` chunk.
+                    raise fault("incomplete", clients.of(target).origin)
+                final = translator.finish()
+                record.chunks += len(final)
+                record.tokens(translator.prompt_tokens, translator.completion_tokens)
+                yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
+            finally:
+                events.close()
+
+
+class RelayCall:
+    """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`)."""
+
+    __slots__ = ("exchange", "_body", "_path", "_name")
+
+    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str) -> None:
+        self.exchange = exchange
+        self._body = body
+        self._path = path
+        self._name = name
+
+    async def attempt(self, target: Target, first: bool) -> Relay:
+        clients = self.exchange.clients
+        content = _dumps({**self._body, "model": target.upstream_model})
+        await clients.limiter.acquire()
+        try:
+            return await open_relay(
+                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release
+            )
+        except BaseException:
+            clients.limiter.release()
+            raise
+
+    async def stream(self, relay: Relay, framing: Framing) -> OpenedStream:
+        """The upstream's SSE bytes as they arrive, run to the first read (the first-byte rule)."""
+        exchange = self.exchange
+        return await open_stream(_relayed(relay, exchange.record), framing, exchange.record, exchange.clients.secrets,
+                                 allow_empty=True)
+
+
+async def _relayed(relay: Relay, record: RequestRecord) -> AsyncGenerator[bytes, None]:
+    try:
+        async for data in relay.chunks():
+            record.chunks += 1
+            yield data
+    finally:
+        relay.close()
