@@ -20,7 +20,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.upstream.failover import retry_after_of, verdict_of
-from gateway.routing.routemap import RouteMap
+from gateway.routing.resolver import RouteMap
 from tests.conftest import RunningGateway, closed_port
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
 

@@ -21,7 +21,8 @@ from gateway.upstream.failover import serve_translated
 from gateway.upstream.limiter import check_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
-from gateway.routing.routemap import Target, has_tag
+from gateway.routing.names import has_tag
+from gateway.routing.resolver import Target
 from gateway.routing.state import GatewayState
 
 router = APIRouter()

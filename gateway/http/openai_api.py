@@ -40,7 +40,7 @@ from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRe
 from gateway.upstream.failover import with_failover
 from gateway.logs import RequestRecord
 from gateway.upstream.redact import Secrets
-from gateway.routing.routemap import Target
+from gateway.routing.resolver import Target
 from gateway.routing.state import GatewayState
 from gateway.http.streaming import open_stream
 from gateway.upstream.calls import Relay

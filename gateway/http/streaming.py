@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError, error_body, upstream_fault
 from gateway.http.guard import GUARD_SCOPE_KEY
 from gateway.logs import RequestRecord
-from gateway.routing.routemap import Target
+from gateway.routing.resolver import Target
 from gateway.translators.base import StreamingTranslator
 from gateway.upstream.calls import UpstreamClients
 

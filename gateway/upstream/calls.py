@@ -40,7 +40,8 @@ from gateway.errors import (
 )
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.upstream.redact import CLIENT_KEY, Secrets
-from gateway.routing.routemap import RouteMap, Target, UpstreamConfig
+from gateway.routing.resolver import RouteMap, Target
+from gateway.routing.schema import UpstreamConfig
 from gateway.upstream.sse import MalformedEvent, SSEDecoder
 from gateway.upstream.transport import AiohttpTransport
 

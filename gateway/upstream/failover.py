@@ -58,7 +58,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.logs import RequestRecord
-from gateway.routing.routemap import RouteMap, Target
+from gateway.routing.resolver import RouteMap, Target
 from gateway.http.streaming import ndjson_stream, open_ndjson_stream
 from gateway.translators.base import StreamingTranslator, Translator
 from gateway.upstream.calls import UpstreamClients
