@@ -32,7 +32,7 @@ from gateway.http.management import router as management_router
 from gateway.http.openai_api import router as openai_router
 from gateway.http.openapi import gateway_openapi
 from gateway.routing.live import LiveGateway, LiveStateMiddleware
-from gateway.routing.routemap import load_route_map
+from gateway.routing.loader import load_route_map
 from gateway.settings import Settings
 from gateway.http.slashes import TrailingSlash
 from gateway.translators import load_bindings

@@ -13,13 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.master import forward_sighup
-from gateway.routing.routemap import (
-    RouteMap,
-    RouteMapError,
-    load_route_map,
-    strip_latest,
-    tagged,
-)
+from gateway.routing.loader import RouteMapError, load_route_map
+from gateway.routing.names import strip_latest, tagged
+from gateway.routing.resolver import RouteMap
 from gateway.settings import Settings
 from gateway.translators import BindingError, load_bindings
 

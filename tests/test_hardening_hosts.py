@@ -16,7 +16,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.http.hosts import HostPolicy, allowed_hosts, host_name
-from gateway.routing.routemap import RouteMapError, load_route_map
+from gateway.routing.loader import RouteMapError, load_route_map
 from tests.conftest import RunningGateway, routes_yaml
 from tests.fake_upstream import FakeUpstream
 

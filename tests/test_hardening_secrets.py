@@ -24,7 +24,7 @@ import pytest
 
 from gateway.logs import RedactingFilter
 from gateway.upstream.redact import CLIENT_KEY, Secrets
-from gateway.routing.routemap import RouteMapError, load_route_map
+from gateway.routing.loader import RouteMapError, load_route_map
 from tests.client_support import wait_for
 from tests.conftest import ROOT, RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion

@@ -74,7 +74,7 @@ def test_a_long_healthy_stream_outlives_the_read_timeout(limited: RunningGateway
 
 def test_no_total_timeout_by_default() -> None:
     """The SDK's 600 s is a per-read timeout here; no total applies unless routes.yaml sets one."""
-    from gateway.routing.routemap import UpstreamConfig
+    from gateway.routing.schema import UpstreamConfig
 
     config = UpstreamConfig(base_url="http://127.0.0.1:1/v1")
     assert config.total_timeout is None

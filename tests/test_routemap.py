@@ -10,7 +10,8 @@ import pytest
 from gateway.routing.keys import Grant, KeyChecker
 from gateway.cli import main
 from gateway.routing.discovery import context_length_of, discovered_routes
-from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.routing.loader import RouteMapError, load_route_map
+from gateway.routing.resolver import RouteMap
 
 UPSTREAMS = """
 upstreams:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from gateway.translators.clock import RequestClock
-from gateway.routing.routemap import RouteMap, Target
+from gateway.routing.resolver import RouteMap, Target
 from gateway.upstream.sse import SSEDecoder
 from tests.fake_upstream import load_example
 

@@ -34,7 +34,7 @@ from gateway.http.ollama_api import Record, State, _route, json_response, read_j
 from gateway.errors import BadRequest, GatewayError, ModelNotFound
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, describe_validation_error
-from gateway.routing.routemap import Target
+from gateway.routing.resolver import Target
 from gateway.routing.state import GatewayState
 from gateway.upstream.exchange import NDJSON_MEDIA_TYPE
 

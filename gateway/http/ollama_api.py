@@ -22,7 +22,8 @@ from gateway.http.streaming import StreamedResponse
 from gateway.upstream.limiter import check_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, ShowRequest, describe_validation_error
-from gateway.routing.routemap import Target, has_tag
+from gateway.routing.names import has_tag
+from gateway.routing.resolver import Target
 from gateway.routing.state import GatewayState
 
 router = APIRouter()

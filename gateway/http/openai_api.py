@@ -38,7 +38,7 @@ from gateway.http.ollama_api import Record, State, _route, json_response, read_j
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
 from gateway.logs import RequestRecord
 from gateway.upstream.redact import Secrets
-from gateway.routing.routemap import Target
+from gateway.routing.resolver import Target
 from gateway.routing.state import GatewayState
 from gateway.http.streaming import StreamedResponse
 from gateway.upstream.exchange import Exchange, RelayCall

@@ -20,7 +20,8 @@ from typing import Any
 from gateway.routing.keys import GRANT
 from gateway.translators.clock import rfc3339
 from gateway.ollama import keep_alive_seconds
-from gateway.routing.routemap import Target, tagged
+from gateway.routing.names import tagged
+from gateway.routing.resolver import Target
 
 _FAMILY = re.compile(r"[a-z]+")
 _DEFAULT_KEEP_ALIVE_S = 300.0

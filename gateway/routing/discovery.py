@@ -23,7 +23,8 @@ import structlog
 from pydantic import ValidationError
 
 from gateway.errors import GatewayError
-from gateway.routing.routemap import ModelRoute, RouteMap, UpstreamConfig
+from gateway.routing.resolver import RouteMap
+from gateway.routing.schema import ModelRoute, UpstreamConfig
 from gateway.upstream.calls import list_models
 from gateway.upstream.clients import UpstreamClients
 

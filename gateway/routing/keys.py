@@ -21,7 +21,8 @@ from contextvars import ContextVar
 
 from gateway.errors import GatewayError
 from gateway.upstream.redact import CLIENT_KEY as CLIENT_KEY  # defined there: every scrub masks it too
-from gateway.routing.routemap import AuthConfig, canonical_name
+from gateway.routing.names import canonical_name
+from gateway.routing.schema import AuthConfig
 
 # The grant of the key the current request presented (set only when auth is on).
 GRANT: ContextVar[Grant | None] = ContextVar("grant", default=None)

@@ -46,7 +46,8 @@ from gateway.routing.keys import (
 from gateway.routing.catalog import Catalog
 from gateway.routing.discovery import Discovery
 from gateway.upstream.redact import Secrets
-from gateway.routing.routemap import RouteMap, RouteMapError, load_route_map
+from gateway.routing.loader import RouteMapError, load_route_map
+from gateway.routing.resolver import RouteMap
 from gateway.settings import Settings
 from gateway.routing.state import GatewayState
 from gateway.translators import BindingError, Translator, load_bindings

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.routing.keys import KeyChecker
 from gateway.routing.catalog import Catalog
-from gateway.routing.routemap import RouteMap
+from gateway.routing.resolver import RouteMap
 from gateway.settings import Settings
 from gateway.translators import Translator
 from gateway.upstream.clients import UpstreamClients

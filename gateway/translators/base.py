@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from gateway.translators.clock import RequestClock
 from gateway.errors import GatewayError
 from gateway.ollama import ModelRequest
-from gateway.routing.routemap import Target
+from gateway.routing.resolver import Target
 
 RequestT = TypeVar("RequestT", bound=ModelRequest)
 

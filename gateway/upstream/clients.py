@@ -26,7 +26,8 @@ import aiohttp
 
 from gateway import __version__
 from gateway.errors import UpstreamUnavailable
-from gateway.routing.routemap import RouteMap, Target, UpstreamConfig
+from gateway.routing.resolver import RouteMap, Target
+from gateway.routing.schema import UpstreamConfig
 from gateway.upstream.faults import Origin
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.upstream.redact import CLIENT_KEY, Secrets

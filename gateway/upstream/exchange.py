@@ -33,7 +33,7 @@ from tenacity import RetryCallState
 from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout, error_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
-from gateway.routing.routemap import RouteMap, Target
+from gateway.routing.resolver import RouteMap, Target
 from gateway.translators.base import StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
 from gateway.upstream import failover

@@ -29,7 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from gateway.errors import GatewayError, Unsuitable, Verdict
-from gateway.routing.routemap import RouteMap, Target
+from gateway.routing.resolver import RouteMap, Target
 
 
 def verdict_of(exc: GatewayError) -> Verdict:

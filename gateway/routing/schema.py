@@ -1,4 +1,4 @@
-"""The route map: `routes.yaml` read, expanded, validated, and asked which upstream serves a name.
+"""The routes.yaml schema: the pydantic models of the file, each forbidding unknown keys.
 
 Shape (the user-facing contract; docs/routes.md documents every key)::
 
@@ -7,25 +7,16 @@ Shape (the user-facing contract; docs/routes.md documents every key)::
     auth:      {keys: [{key, models}, ...]}                                      # optional
     endpoints: {"/api/chat": "package.module:Class", ...}                      # optional
 
-`${VAR}` and `${VAR:-default}` expand from the environment in every string. An unset variable
-without a default is an error naming it, except in an upstream's `api_key` (the upstream is left
-without a key, so only requests routed to it fail) and in an `auth` key (that key is disabled,
-so it lets nobody in).
-
-Name resolution (`RouteMap.resolve`), case-insensitive and with `x` = `x:latest` as in Ollama:
-an exact name or alias; else a discovered name (`prefix` + an id from the upstream's
-`/v1/models`); else the first pattern that matches. A pattern listed *before* an exact entry
-wins over it: among the entries of `models`, the first match wins.
+Validation here covers one file as written: every field, every `upstream` a model names is
+defined, and no two entries share a name or alias. What a name resolves to, and the check that
+each fallback resolves, belong to `resolver.py`; reading the file and `${VAR}` to `loader.py`.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -35,25 +26,16 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from gateway.routing import yamlload
-from gateway.routing.presets import (
-    PRESETS,
-    ProviderName,
-    Quirks,
-    ReasoningInput,
-    ReasoningKnob,
-)
+from gateway.routing.names import canonical_name, tagged
+from gateway.routing.presets import ProviderName, ReasoningInput, ReasoningKnob
 from gateway.upstream.redact import MASK, Secrets
 
 Capability = Literal["completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"]
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_CACHE_LIMIT = 4096
 # Header and query parameter names whose values are credentials, whatever their length.
 _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|pass|cookie|session|signature|credential|^sig$|^code$", re.IGNORECASE)
 
@@ -63,12 +45,8 @@ def _empty_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
-class RouteMapError(ValueError):
-    """routes.yaml cannot be used; the message names the file, the entry and what is wrong."""
-
-
 class QuirkSettings(BaseModel):
-    """Provider quirks settable on an upstream and overridable per model (see `providers.py`)."""
+    """Provider quirks settable on an upstream and overridable per model (see `presets.py`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -303,8 +281,8 @@ class AuthConfig(BaseModel):
     keys: tuple[AuthKey, ...] = Field(min_length=1)
 
 
-class RouteMap(BaseModel):
-    """The whole file."""
+class RouteFile(BaseModel):
+    """The whole file, validated; `resolver.RouteMap` adds name resolution on top."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -313,16 +291,10 @@ class RouteMap(BaseModel):
     auth: AuthConfig | None = None
     endpoints: dict[str, str] = Field(default_factory=dict)
 
-    _exact: dict[str, int] = PrivateAttr(default_factory=dict)
-    _patterns: list[tuple[int, str, str]] = PrivateAttr(default_factory=list)
-    _cache: dict[str, Target | None] = PrivateAttr(default_factory=dict)
-    # Discovered names (canonical) -> their targets; replaced as a whole by `with_discovered`.
-    _discovered: dict[str, Target] = PrivateAttr(default_factory=dict)
-    _warnings: list[str] = PrivateAttr(default_factory=list)
     _secrets: Secrets = PrivateAttr(default_factory=Secrets)
 
     @model_validator(mode="after")
-    def _collect_secrets(self) -> RouteMap:
+    def _collect_secrets(self) -> RouteFile:
         """One `Secrets` for the whole map: every upstream's, and the inbound auth keys."""
         found = [secret for upstream in self.upstreams.values() for secret in upstream.configured_secrets()]
         if self.auth is not None:
@@ -336,7 +308,9 @@ class RouteMap(BaseModel):
         return self._secrets
 
     @model_validator(mode="after")
-    def _check_references(self) -> RouteMap:
+    def _check_references(self) -> RouteFile:
+        """Every entry's upstream is defined, and each name or alias belongs to one entry only."""
+        owners: dict[str, int] = {}
         for index, route in enumerate(self.models):
             if route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none"
@@ -345,130 +319,20 @@ class RouteMap(BaseModel):
                     f"under upstreams (defined: {known})"
                 )
             if route.is_pattern:
-                prefix, suffix = route.name.lower().split("*")
-                self._patterns.append((index, prefix, suffix))
                 continue
             for name in (route.name, *route.aliases):
                 key = canonical_name(name)
-                if key in self._exact:
-                    first = self._exact[key]
+                if key in owners:
+                    first = owners[key]
                     raise ValueError(
                         f"models[{index}] ({route.name!r}): {name!r} is already a name of models[{first}] "
                         f"({self.models[first].name!r})"
                     )
-                self._exact[key] = index
-        self._check_fallbacks()
+                owners[key] = index
         return self
 
-    def _check_fallbacks(self) -> None:
-        discovering = any(upstream.discover for upstream in self.upstreams.values())
-        for index, route in enumerate(self.models):
-            for fallback in route.fallbacks:
-                target = self._match(fallback, canonical_name(fallback))
-                if target is None and not discovering:
-                    raise ValueError(
-                        f"models[{index}] ({route.name!r}): fallback {fallback!r} matches no entry of models"
-                    )
-                if target is None:
-                    self._warnings.append(
-                        f"models[{index}] ({route.name!r}): fallback {fallback!r} matches no entry of models; "
-                        "it is used only if a discovered list holds it"
-                    )
-                elif target.route is route and not route.is_pattern:
-                    raise ValueError(f"models[{index}] ({route.name!r}): fallback {fallback!r} is this same entry")
-
-    def resolve(self, name: str) -> Target | None:
-        """The target serving an Ollama model name (any case, with or without `:latest`)."""
-        key = canonical_name(name)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        target = self._match(name, key)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = target
-        return target
-
-    def _match(self, name: str, key: str) -> Target | None:
-        exact = self._exact.get(key)
-        if exact is None:
-            discovered = self._discovered.get(key)
-            if discovered is not None:
-                return discovered
-        for index, prefix, suffix in self._patterns:
-            if exact is not None and index > exact:
-                break
-            if len(key) >= len(prefix) + len(suffix) and key.startswith(prefix) and key.endswith(suffix):
-                stem = strip_latest(name.strip())
-                captured = stem[len(prefix) : len(stem) - len(suffix)]
-                if not captured:
-                    continue
-                return self._target(index, captured)
-        if exact is not None:
-            route = self.models[exact]
-            listed = route.listed_name
-            if key != canonical_name(route.name):
-                listed = next(tagged(alias) for alias in route.aliases if canonical_name(alias) == key)
-            return self._target(exact, None, listed)
-        return None
-
-    def _target(self, index: int, captured: str | None, listed_name: str | None = None) -> Target:
-        route = self.models[index]
-        if route.model is not None:
-            upstream_model = route.model.replace("*", captured) if captured is not None else route.model
-        else:
-            upstream_model = captured if captured is not None else strip_latest(route.name)
-        if captured is None and listed_name is None:
-            listed_name = route.listed_name
-        return self.target_for(route, upstream_model, listed_name)
-
-    def target_for(self, route: ModelRoute, upstream_model: str, listed_name: str | None) -> Target:
-        upstream = self.upstreams[route.upstream]
-        quirks = PRESETS[upstream.provider].merged(upstream.quirk_overrides()).merged(route.quirk_overrides())
-        return Target(
-            route=route, upstream_name=route.upstream, upstream=upstream, upstream_model=upstream_model,
-            quirks=quirks, listed_name=listed_name,
-        )
-
-    def fallback_targets(self, primary: Target) -> list[Target]:
-        """The targets of the primary's `fallbacks`, in order (names that match nothing are left out)."""
-        targets = []
-        for name in primary.route.fallbacks:
-            target = self.resolve(name)
-            if target is not None:
-                targets.append(target)
-        return targets
-
-    def listed_targets(self) -> list[Target]:
-        """Exact entries and their aliases in file order, then discovered names: what `/api/tags` lists."""
-        listed = []
-        for index, route in enumerate(self.models):
-            if route.is_pattern:
-                continue
-            listed.append(self._target(index, None))
-            listed += [self._target(index, None, tagged(alias)) for alias in route.aliases]
-        listed += [target for key, target in self._discovered.items() if key not in self._exact]
-        return listed
-
-    def with_discovered(self, discovered: Mapping[str, list[ModelRoute]]) -> RouteMap:
-        """A copy of this map that also routes discovered models (upstream name -> its entries)."""
-        copy = self.model_copy()
-        copy._cache = {}
-        copy._discovered = {}
-        for routes in discovered.values():
-            for route in routes:
-                key = canonical_name(route.name)
-                if key not in copy._discovered and route.upstream in self.upstreams:
-                    copy._discovered[key] = self.target_for(route, route.model or route.name, route.listed_name)
-        return copy
-
-    @property
-    def discovered_count(self) -> int:
-        return len(self._discovered)
-
     def warnings(self) -> list[str]:
-        """Problems that do not stop the gateway (shown by `check` and logged at start)."""
+        """Keys left unset or empty: problems that do not stop the gateway."""
         warnings = [
             f"upstream {name!r}: api_key needs ${{{upstream.missing_key_variable}}}, which is not set; "
             "requests routed to it will fail until it is"
@@ -483,23 +347,7 @@ class RouteMap(BaseModel):
                 for index, entry in enumerate(self.auth.keys)
                 if entry.key is None
             ]
-        return warnings + self._warnings
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one request goes: the matched entry, its upstream, and the upstream's model id.
-
-    `listed_name` is the `/api/tags` name that matched (an exact name, alias or discovered
-    name, with its tag); None when a pattern matched.
-    """
-
-    route: ModelRoute
-    upstream_name: str
-    upstream: UpstreamConfig
-    upstream_model: str
-    quirks: Quirks
-    listed_name: str | None = None
+        return warnings
 
 
 def _host_port(parts: SplitResult) -> str:
@@ -513,125 +361,3 @@ def _query_pairs(url: str) -> Iterator[tuple[str, str]]:
         if value:
             yield from ((unquote(name), value), (unquote(name), unquote(value)))
 
-
-def has_tag(name: str) -> bool:
-    return ":" in name.rsplit("/", 1)[-1]
-
-
-def tagged(name: str) -> str:
-    """The name as `/api/tags` lists it: with `:latest` when it has no tag."""
-    return name if has_tag(name) else f"{name}:latest"
-
-
-def strip_latest(name: str) -> str:
-    return name[: -len(":latest")] if name.lower().endswith(":latest") else name
-
-
-def canonical_name(name: str) -> str:
-    """Ollama matches names case-insensitively, and `x` and `x:latest` are one model."""
-    return strip_latest(name.strip().lower())
-
-
-def load_route_map(path: Path | str, environ: Mapping[str, str] | None = None, text: str | None = None) -> RouteMap:
-    """Read, expand and validate a routes.yaml file; raise RouteMapError with a precise message.
-
-    `text`, when given, is the file's content already read (`path` then only names it).
-    """
-    path = Path(path)
-    environ = os.environ if environ is None else environ
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RouteMapError(f"{path}: cannot read the route map: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise RouteMapError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        raw = yamlload.load(text)
-    except yamlload.YamlError as exc:
-        # The position only: the file's lines can hold literal keys (yamlload.py).
-        raise RouteMapError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise RouteMapError(f"{path}: expected a mapping with 'upstreams' and 'models' at the top level")
-    missing_keys: dict[tuple[Any, ...], str] = {}
-    try:
-        expanded = _expand(raw, environ, (), missing_keys)
-    except _UnsetVariable as exc:
-        raise RouteMapError(f"{path}: {exc.location}: environment variable {exc.variable} is not set") from exc
-    try:
-        route_map = RouteMap.model_validate(expanded)
-    except ValidationError as exc:
-        raise RouteMapError(f"{path}: {_describe(exc, expanded)}") from exc
-    for loc, variable in missing_keys.items():
-        if loc[0] == "upstreams":
-            route_map.upstreams[str(loc[1])]._missing_key_variable = variable
-        elif route_map.auth is not None:
-            route_map.auth.keys[int(loc[2])]._missing_variable = variable
-    return route_map
-
-
-class _UnsetVariable(Exception):
-    def __init__(self, variable: str, location: str) -> None:
-        super().__init__(variable)
-        self.variable = variable
-        self.location = location
-
-
-def _expand(node: Any, environ: Mapping[str, str], loc: tuple[Any, ...], missing_keys: dict[tuple[Any, ...], str]) -> Any:
-    if isinstance(node, dict):
-        return {key: _expand(value, environ, (*loc, key), missing_keys) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_expand(value, environ, (*loc, index), missing_keys) for index, value in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        variable, default = match.group(1), match.group(2)
-        value = environ.get(variable)
-        if value is None or (value == "" and default is not None):
-            if default is not None:
-                return default
-            raise _UnsetVariable(variable, _format_loc(loc))
-        return value
-
-    try:
-        return _ENV_REF.sub(substitute, node)
-    except _UnsetVariable as exc:
-        is_api_key = len(loc) == 3 and loc[0] == "upstreams" and loc[2] == "api_key"
-        is_auth_key = len(loc) == 4 and loc[:2] == ("auth", "keys") and isinstance(loc[2], int) and loc[3] == "key"
-        if not (is_api_key or is_auth_key):
-            raise
-        missing_keys[loc] = exc.variable
-        return None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _describe(exc: ValidationError, data: Any) -> str:
-    """One line per problem, each naming the entry (`models[2] ('gpt-4o')`) and the field."""
-    lines = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        where = _format_loc(loc)
-        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-            try:
-                name = data["models"][loc[1]].get("name")
-            except (AttributeError, IndexError, KeyError, TypeError):
-                name = None
-            if name:
-                rest = _format_loc(loc[2:]) if len(loc) > 2 else ""
-                where = f"models[{loc[1]}] ({name!r})" + (f".{rest}" if rest else "")
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (not part of the routes.yaml format)"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        lines.append(f"{where}: {message}" if loc else message)
-    return "; ".join(lines)
