@@ -1,7 +1,7 @@
 """The ASGI application: `create_app()` runs once per Granian worker (`--factory`).
 
 Settings come from the environment (the CLI exports them), the route map is loaded and checked
-at start (a reload later swaps in a new one, reload.py), and the lifespan opens one upstream
+at start (a reload later swaps in a new one, routing/live.py), and the lifespan opens one upstream
 client per upstream and closes them at shutdown. The
 lifespan also follows the server's SIGTERM to drain in-flight requests (`guard.Drain`); Granian
 runs the lifespan shutdown only once they are done.
@@ -21,22 +21,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from gateway import __version__
-from gateway.http.ollama_api import router
-from gateway.http.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
-from gateway.http.guard import Drain, RequestGuard, follow_server_signals
-from gateway.http.hosts import HostGuard, HostPolicy, allowed_hosts
-from gateway.upstream.limiter import UpstreamLimiter
-from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
+from gateway.http.context import context_in
+from gateway.http.cors import Cors, OriginPolicy, allowed_origins
+from gateway.http.front import Front
+from gateway.http.guard import Drain, follow_server_signals
+from gateway.http.hosts import HostPolicy, allowed_hosts
 from gateway.http.management import router as management_router
+from gateway.http.ollama_api import router
 from gateway.http.openai_api import router as openai_router
 from gateway.http.openapi import gateway_openapi
-from gateway.routing.live import LiveGateway, LiveStateMiddleware
+from gateway.logs import configure_logging
+from gateway.routing.live import LiveGateway
 from gateway.routing.loader import load_route_map
 from gateway.settings import Settings
-from gateway.http.slashes import TrailingSlash
 from gateway.translators import load_bindings
 from gateway.upstream.clients import UpstreamClients
+from gateway.upstream.limiter import UpstreamLimiter
 
 log = structlog.get_logger()
 
@@ -80,31 +81,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    # Innermost: the body limit, cancel-on-disconnect and the shutdown drain (guard.py).
-    app.add_middleware(RequestGuard, drain=drain, max_body_bytes=settings.max_body_bytes)
-    if settings.log_content:  # prompts and completions in the log: only when asked (debugging)
-        app.add_middleware(ContentLogMiddleware)
-    # Pins the route map in force to each request and checks routes.yaml `auth` keys; inside
-    # CORS, so a browser's preflight (which carries no key) is still answered.
-    app.add_middleware(LiveStateMiddleware, live=live)
-    app.add_middleware(TrailingSlash)  # before auth and routing see the path
-    # Inside the request log, so refused origins and preflights are logged too.
+    # One pure-ASGI layer in front of the router: request id and log line, Host, CORS, trailing
+    # slash, the map in force, auth, and the guard (body limit, disconnects, drain): front.py.
     hosts = HostPolicy(allowed_hosts(settings.allowed_hosts), listen_host=settings.bind_address()[0])
-    app.add_middleware(CORSMiddleware, policy=OriginPolicy(allowed_origins(settings.origins)), hosts=hosts)
-    # Outside CORS: a Host that is not ours (DNS rebinding) is refused before anything else runs.
-    app.add_middleware(HostGuard, policy=hosts)
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(
+        Front, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
+        drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content,
+    )
     return app
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    state = request.scope.get("state", {}).get("gateway")
-    if state is not None:
-        exc.message = state.clients.scrub(exc.message)  # belt and braces: no key in any error
-    record = request.scope.get("state", {}).get("record")
-    if record is not None:
-        record.fail(exc)
+    context = context_in(request.scope)
+    if context is not None:
+        exc.message = context.state.clients.scrub(exc.message)  # belt and braces: no key in any error
+        context.record.fail(exc)
     return error_response(exc)
 
 

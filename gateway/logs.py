@@ -1,16 +1,14 @@
 """Tracing with structlog: a request id per request and one summary line per request.
 
-`configure_logging` runs once per process. `RequestLogMiddleware` is a pure ASGI middleware: it
-binds `request_id` (taken from an `X-Request-Id` header or made here, and echoed back), keeps a
-`RequestRecord` that the handler and the stream fill in, and writes one `request` line when the
-response is over, disconnects included. Nothing is logged per chunk. Prompts, completions and
-keys are never fields of any line, except that `GATEWAY_LOG_CONTENT=true` (a debugging switch,
-off by default) adds `ContentLogMiddleware`: one `content` line per request with both bodies.
+`configure_logging` runs once per process. A `RequestRecord` holds what the one `request` line
+of a request says; the front layer (`http/front.py`) makes it, binds `request_id` and writes the
+line when the response is over, disconnects included; the handler and the stream fill it in.
+Nothing is logged per chunk. Prompts, completions and keys are never fields of any line, except
+that `GATEWAY_LOG_CONTENT=true` (a debugging switch, off by default) adds `ContentLogMiddleware`:
+one `content` line per request with both bodies.
 
 Every field is bounded (`bound_fields`): a client's 16 MB model name is 256 characters and a
-marker in the log, not 16 MB. An exception no handler caught is answered with Ollama's JSON 500
-(`status: 500`, `outcome: error` in the request line) and logged as one `unhandled_exception`
-line (type, message, where), without a traceback for each request.
+marker in the log, not 16 MB.
 
 Whatever a line holds, every string in it (an exception's text included) is scrubbed of the
 route map's secrets (`Redactor`) before fields are cut and rendered, so no line written
@@ -21,18 +19,15 @@ through `RedactingFilter` on its handlers.
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, error_response
 from gateway.upstream.redact import Secrets
 
 log = structlog.get_logger()
@@ -40,7 +35,6 @@ log = structlog.get_logger()
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _NUMBERS = {int, float, bool, type(None)}
 _SERVER_LOGGER = "_granian"  # Granian's stdlib logger (its handlers are set up before the app)
-_REQUEST_ID_HEADER = b"x-request-id"
 # Longest string field in any line (names: 256, a traceback: 16 KiB), and longest list field.
 _FIELD_CHARS = 1024
 _FIELD_CHARS_BY_NAME = {"model": 256, "upstream_model": 256, "path": 256, "exception": 16 * 1024}
@@ -207,82 +201,6 @@ class RequestRecord:
         if self.chunks:
             fields["chunks"] = self.chunks
         return fields
-
-
-class RequestLogMiddleware:
-    """Binds the request id, echoes it, and writes the request's one summary line."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or secrets.token_hex(8)
-        record = RequestRecord(request_id, scope["method"], scope["path"])
-        scope.setdefault("state", {})["record"] = record
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        header = (_REQUEST_ID_HEADER, request_id.encode("latin-1"))
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            elif not record.first_byte and message.get("body"):
-                record.first_byte = time.perf_counter_ns()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            # A bug of ours, not the client's: one line and a JSON 500, not a traceback per request
-            # and the server's plain-text 500. A response already started is cut short (the
-            # server closes the connection without ending the body, as it would on a raise).
-            error = exc if isinstance(exc, GatewayError) else None
-            if error is None:
-                text = f"{type(exc).__name__}: {exc}"
-                gateway = scope["state"].get("gateway")
-                if gateway is not None:
-                    text = gateway.clients.scrub(text)  # no upstream key in the log, whatever raised
-                log.error("unhandled_exception", exception=text, where=_where(exc))
-                error = GatewayError(f"internal error in the gateway (request id {request_id})", headers={"Connection": "close"})
-            record.fail(error, after_first_byte=bool(record.status))
-            if not record.status:
-                await error_response(error)(scope, receive, send_with_id)
-        except BaseException as exc:
-            record.outcome = "client_disconnected" if _is_cancellation(exc) else "crashed"
-            raise
-        finally:
-            if record.status >= 500 and record.outcome == "ok":
-                record.outcome = "error"
-            log.info("request", **record.fields())
-            structlog.contextvars.unbind_contextvars("request_id")
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == _REQUEST_ID_HEADER:
-            text: str = value.decode("latin-1")
-            # Echoed into a header and logs: keep it short and printable.
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
-    return None
-
-
-def _where(exc: BaseException) -> str:
-    """The innermost frame of the exception's traceback: `folder/file.py:line in function`."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "unknown"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return f"{'/'.join(code.co_filename.split('/')[-2:])}:{tb.tb_lineno} in {code.co_name}"
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 class ContentLogMiddleware:

@@ -22,6 +22,7 @@ import pytest
 
 from gateway.errors import SHUTTING_DOWN
 from gateway.http.guard import Drain, RequestGuard
+from gateway.logs import RequestRecord
 from tests.client_support import wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks
@@ -131,8 +132,9 @@ def test_a_request_arriving_while_draining_gets_503_and_close() -> None:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        scope = {"type": "http", "method": "GET", "path": "/api/tags", "headers": [], "state": {}}
-        await RequestGuard(app, drain=drain, max_body_bytes=1024)(scope, receive, send)
+        scope = {"type": "http", "method": "GET", "path": "/api/tags", "headers": []}
+        record = RequestRecord("r", "GET", "/api/tags")
+        await RequestGuard(app, drain=drain, max_body_bytes=1024).serve(scope, receive, send, record)
         return sent
 
     start, body = anyio.run(scenario)

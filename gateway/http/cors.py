@@ -22,9 +22,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from gateway.http.hosts import HostPolicy
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
@@ -78,58 +75,45 @@ def _pattern(entry: str) -> str:
     return f"(?:{text})"
 
 
-class CORSMiddleware:
-    """A pure ASGI middleware applying `OriginPolicy` the way Ollama's gin stack does.
+Headers = list[tuple[bytes, bytes]]
+_PREFLIGHT = [
+    (b"access-control-allow-methods", _ALLOW_METHODS.encode()),
+    (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
+    (b"access-control-max-age", _MAX_AGE.encode()),
+]
+_PREFLIGHT_VARY = [(b"vary", b"Origin"), (b"vary", b"Access-Control-Request-Method"), (b"vary", b"Access-Control-Request-Headers")]
+
+
+class Cors:
+    """`OriginPolicy` applied the way Ollama's gin stack does, for the front layer.
 
     `hosts` says which `Host` headers are this gateway's own: a request whose Origin equals its
     Host is same-origin only then. Otherwise a DNS-rebinding page (Origin and Host both
     `attacker.example`) would pass as same-origin.
     """
 
-    def __init__(self, app: ASGIApp, policy: OriginPolicy, hosts: HostPolicy) -> None:
-        self.app = app
+    __slots__ = ("policy", "hosts")
+
+    def __init__(self, policy: OriginPolicy, hosts: HostPolicy) -> None:
         self.policy = policy
         self.hosts = hosts
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if not origin or self._is_same_origin(origin, headers.get("host", "")):
-            await self.app(scope, receive, send)
-            return
-        if not self.policy.allows(origin):
-            await _answer(send, 403, [])
-            return
-        allow = [(b"access-control-allow-origin", b"*" if self.policy.allow_all else origin.encode("latin-1"))]
-        if scope["method"] == "OPTIONS":
-            preflight = [
-                (b"access-control-allow-methods", _ALLOW_METHODS.encode()),
-                (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
-                (b"access-control-max-age", _MAX_AGE.encode()),
-            ]
-            if not self.policy.allow_all:
-                preflight += [(b"vary", b"Origin"), (b"vary", b"Access-Control-Request-Method"), (b"vary", b"Access-Control-Request-Headers")]
-            await _answer(send, 204, preflight + allow)
-            return
-        if not self.policy.allow_all:
+    def check(self, origin: str | None, host: str, method: str) -> tuple[int | None, Headers]:
+        """What a request gets: (a status to answer with now, or None to serve it; the headers of
+        that answer, or those to add to the response)."""
+        if not origin or self._is_same_origin(origin, host):
+            return None, []
+        policy = self.policy
+        if not policy.allows(origin):
+            return 403, []
+        allow = [(b"access-control-allow-origin", b"*" if policy.allow_all else origin.encode("latin-1"))]
+        if method == "OPTIONS":
+            return 204, [*_PREFLIGHT, *([] if policy.allow_all else _PREFLIGHT_VARY), *allow]
+        if not policy.allow_all:
             allow.append((b"vary", b"Origin"))
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *allow]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
+        return None, allow
 
     def _is_same_origin(self, origin: str, host: str) -> bool:
         # gin-contrib/cors: a page served by this server (fetch sends Origin anyway) is not CORS.
         # The Host is the client's word, so it counts only when it names this gateway.
         return origin.lower() in (f"http://{host.lower()}", f"https://{host.lower()}") and self.hosts.vouches_for(host)
-
-
-async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"0")]})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})

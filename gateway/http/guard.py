@@ -1,6 +1,6 @@
 """Per request: the body size limit, cancellation when the client leaves, and the shutdown drain.
 
-`RequestGuard` is a pure ASGI middleware (inside `RequestLogMiddleware`). For every HTTP request:
+`RequestGuard.serve` runs inside the front layer (`front.py`), around the app. For every HTTP request:
 
 - a declared `Content-Length` over `GATEWAY_MAX_BODY_BYTES` gets 413 before the body is read; a
   chunked body is counted as it arrives and stops with 413 at the limit;
@@ -31,6 +31,7 @@ import structlog
 from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.logs import RequestRecord
 from gateway.errors import (
     SHUTTING_DOWN,
     BadRequest,
@@ -111,25 +112,22 @@ def follow_server_signals(drain: Drain) -> Callable[[], None]:
 
 
 class RequestGuard:
-    """The middleware; one `GuardedRequest` per HTTP request."""
+    """Run by the front layer (`front.py`) inside it; one `GuardedRequest` per HTTP request."""
 
     def __init__(self, app: ASGIApp, *, drain: Drain, max_body_bytes: int) -> None:
         self.app = app
         self.drain = drain
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def serve(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
         if self.drain.closing:
-            await _answer(scope, receive, send, ServerBusy(SHUTTING_DOWN, headers=_CLOSE))
+            await _answer(scope, receive, send, record, ServerBusy(SHUTTING_DOWN, headers=_CLOSE))
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _answer(scope, receive, send, body_too_large(self.max_body_bytes))
+            await _answer(scope, receive, send, record, body_too_large(self.max_body_bytes))
             return
-        request = GuardedRequest(self, scope, receive, send)
+        request = GuardedRequest(self, scope, receive, send, record)
         scope[GUARD_SCOPE_KEY] = request
         self.drain.active.add(request)
         try:
@@ -146,12 +144,13 @@ class GuardedRequest:
     """One request's state: body bytes seen, the disconnect, and whether the drain stopped it."""
 
     __slots__ = (
-        "_guard", "_scope", "_receive", "_send", "_received", "_body_done", "_disconnected",
+        "_guard", "_scope", "_receive", "_send", "_record", "_received", "_body_done", "_disconnected",
         "_group", "stopped", "open_stream",
     )
 
-    def __init__(self, guard: RequestGuard, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, guard: RequestGuard, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
         self._guard = guard
+        self._record = record
         self._scope = scope
         self._receive = receive
         self._send = send
@@ -212,9 +211,7 @@ class GuardedRequest:
 
     def _client_left(self) -> None:
         self._disconnect_event().set()
-        record = self._scope.get("state", {}).get("record")
-        if record is not None:
-            record.outcome = "client_disconnected"
+        self._record.outcome = "client_disconnected"
         if self._group is not None:
             self._group.cancel_scope.cancel()
 
@@ -226,21 +223,18 @@ class GuardedRequest:
 
     async def _end_stopped(self) -> None:
         error = ServerBusy(SHUTTING_DOWN, headers=_CLOSE)
-        record = self._scope.get("state", {}).get("record")
+        record = self._record
         stream, self.open_stream = self.open_stream, None
-        if record is not None:
-            record.fail(error, after_first_byte=stream is not None)
+        record.fail(error, after_first_byte=stream is not None)
         if stream is not None:
             await self._send({"type": "http.response.body", "body": stream.error_chunk(error), "more_body": True})
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-        elif record is None or not record.status:
+        elif not record.status:
             await error_response(error)(self._scope, self._receive, self._send)
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:
-    record = scope.get("state", {}).get("record")
-    if record is not None:
-        record.fail(error)
+async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord, error: GatewayError) -> None:
+    record.fail(error)
     await error_response(error)(scope, receive, send)
 
 

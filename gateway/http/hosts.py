@@ -30,8 +30,6 @@ import re
 import socket
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from gateway.errors import GatewayError
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
@@ -108,30 +106,8 @@ class HostPolicy:
         return name.endswith(self._suffixes)
 
 
-class HostGuard:
-    """Pure ASGI: a request whose `Host` headers are not all allowed gets 403, empty body (as Ollama)."""
-
-    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.policy.allow_all:
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"host" and not self.policy.allows(value.decode("latin-1")):
-                _note_refusal(scope, value.decode("latin-1"))
-                await send({"type": "http.response.start", "status": 403, "headers": [(b"content-length", b"0")]})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-        await self.app(scope, receive, send)
-
-
-def _note_refusal(scope: Scope, host: str) -> None:
-    # The request line in the log says why (the body is empty, as Ollama's), so an operator behind
-    # a proxy sees which name to add. The header is the client's text: cut short, made printable.
-    record = scope.get("state", {}).get("record")  # logs.RequestRecord, when the request log runs
-    if record is not None:
-        shown = repr(host[:80])
-        record.fail(GatewayError(f"host {shown} is not allowed (see GATEWAY_ALLOWED_HOSTS)", status_code=403))
+def refusal(host: str) -> GatewayError:
+    """What the request line in the log says of a refused Host (the body is empty, as Ollama's),
+    so an operator behind a proxy sees which name to add. The header is the client's text: cut
+    short, made printable."""
+    return GatewayError(f"host {host[:80]!r} is not allowed (see GATEWAY_ALLOWED_HOSTS)", status_code=403)

@@ -30,12 +30,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from starlette.responses import Response
 
-from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
+from gateway.http.body import json_response, read_json_object
+from gateway.http.context import RequestContext, context_of
 from gateway.errors import BadRequest, GatewayError, ModelNotFound
-from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.routing.resolver import Target
-from gateway.routing.state import GatewayState
 from gateway.upstream.exchange import NDJSON_MEDIA_TYPE
 
 router = APIRouter()
@@ -63,16 +62,17 @@ class CopyRequest(BaseModel):
 
 
 @router.post("/api/pull")
-async def pull(request: Request, state: State, record: Record) -> Response:
+async def pull(request: Request) -> Response:
+    context = context_of(request)
     body = await _parse(request, TransferRequest)
     if not body.model:
         raise BadRequest("model is required")
     streams = body.stream is not False
-    if _resolve(state, record, body.model) is None:
+    if _resolve(context, body.model) is None:
         if not streams:
             raise GatewayError(_PULL_MISSING)
         # Ollama starts the stream before it finds out: a 200 whose last line is the error.
-        record.fail(GatewayError(_PULL_MISSING), after_first_byte=True)
+        context.record.fail(GatewayError(_PULL_MISSING), after_first_byte=True)
         return _ndjson([{"status": "pulling manifest"}, {"error": _PULL_MISSING}])
     if not streams:
         return json_response({"status": "success"})
@@ -80,11 +80,12 @@ async def pull(request: Request, state: State, record: Record) -> Response:
 
 
 @router.post("/api/push")
-async def push(request: Request, state: State, record: Record) -> Response:
+async def push(request: Request) -> Response:
+    context = context_of(request)
     body = await _parse(request, TransferRequest)
     if not body.model:
         raise BadRequest("model is required")
-    target = _route(state, record, body.model)
+    target = context.route(body.model)
     raise BadRequest(
         f"cannot push '{body.model}': {_NO_STORE}, it is served by upstream '{target.upstream_name}' as "
         f"'{target.upstream_model}'"
@@ -92,7 +93,8 @@ async def push(request: Request, state: State, record: Record) -> Response:
 
 
 @router.post("/api/create")
-async def create(request: Request, state: State, record: Record) -> Response:
+async def create(request: Request) -> Response:
+    context = context_of(request)
     raw = await read_json_object(request)
     body = _validate(TransferRequest, raw)
     if not body.model:
@@ -101,22 +103,23 @@ async def create(request: Request, state: State, record: Record) -> Response:
     target = None
     if isinstance(source, str) and source:
         try:
-            target = _resolve(state, record, source)
+            target = _resolve(context, source)
         except GatewayError:  # a model this key may not use: no hint about it
             target = None
-    record.model = body.model
+    context.record.model = body.model
     hint = f": {_entry_hint(body.model, target)}" if target is not None else ""
     raise BadRequest(f"cannot create '{body.model}': {_NO_STORE}; define models in routes.yaml{hint}")
 
 
 @router.post("/api/copy")
-async def copy(request: Request, state: State, record: Record) -> Response:
+async def copy(request: Request) -> Response:
+    context = context_of(request)
     body = await _parse(request, CopyRequest)
     if not body.source.strip():
         raise BadRequest(f"source {_quoted(body.source)} is invalid")
     if not body.destination.strip():
         raise BadRequest(f"destination {_quoted(body.destination)} is invalid")
-    target = _resolve(state, record, body.source)
+    target = _resolve(context, body.source)
     if target is None:
         raise GatewayError(f"model {_quoted(body.source)} not found", status_code=404)
     raise BadRequest(
@@ -126,11 +129,12 @@ async def copy(request: Request, state: State, record: Record) -> Response:
 
 
 @router.delete("/api/delete")
-async def delete(request: Request, state: State, record: Record) -> Response:
+async def delete(request: Request) -> Response:
+    context = context_of(request)
     body = await _parse(request, TransferRequest)
     if not body.model:
         raise BadRequest("model is required")
-    target = _route(state, record, body.model)
+    target = context.route(body.model)
     raise BadRequest(
         f"cannot delete '{body.model}': it comes from the routes.yaml entry '{target.route.name}' and "
         f"{_NO_STORE}; remove or change that entry to delete it"
@@ -161,10 +165,10 @@ def _validate(model: type[BodyT], raw: dict[str, Any]) -> BodyT:
         raise BadRequest(describe_validation_error(exc)) from exc
 
 
-def _resolve(state: GatewayState, record: RequestRecord, name: str) -> Target | None:
+def _resolve(context: RequestContext, name: str) -> Target | None:
     """The route for `name`, or None; a model the request's key may not use is a 403 (auth.py)."""
     try:
-        return _route(state, record, name)
+        return context.route(name)
     except ModelNotFound:
         return None
 

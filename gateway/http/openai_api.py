@@ -34,14 +34,12 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from gateway.http.ollama_api import Record, State, _route, json_response, read_json_object
+from gateway.http.body import json_response, read_json_object
+from gateway.http.context import context_in, context_of
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
-from gateway.logs import RequestRecord
 from gateway.upstream.redact import Secrets
-from gateway.routing.resolver import Target
-from gateway.routing.state import GatewayState
 from gateway.http.streaming import StreamedResponse
-from gateway.upstream.exchange import Exchange, RelayCall
+from gateway.upstream.exchange import RelayCall
 
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
@@ -58,11 +56,11 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except GatewayError as exc:
-                state = request.scope.get("state", {})
-                secrets = state["gateway"].clients.secrets if "gateway" in state else _NO_SECRETS
+                context = context_in(request.scope)
+                secrets = context.state.clients.secrets if context is not None else _NO_SECRETS
                 exc.message = secrets.scrub(exc.message)  # as app._gateway_error
-                if "record" in state:
-                    state["record"].fail(exc)
+                if context is not None:
+                    context.record.fail(exc)
                 return openai_error_response(exc, secrets)
 
         return handle
@@ -72,43 +70,46 @@ router = APIRouter(route_class=OpenAIRoute)
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, state: State, record: Record) -> Response:
-    return await _relay(request, state, record, "/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _relay(request, "/chat/completions")
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, state: State, record: Record) -> Response:
-    return await _relay(request, state, record, "/completions")
+async def completions(request: Request) -> Response:
+    return await _relay(request, "/completions")
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request, state: State, record: Record) -> Response:
-    return await _relay(request, state, record, "/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _relay(request, "/embeddings")
 
 
 @router.get("/v1/models")
-async def list_models(state: State) -> Response:
-    names = [entry["name"] for entry in state.catalog.tags()["models"]]
-    return json_response({"object": "list", "data": [_model(name, state.catalog.modified_epoch) for name in names]})
+async def list_models(request: Request) -> Response:
+    context = context_of(request)
+    names = [entry["name"] for entry in context.state.catalog.tags(context.grant)["models"]]
+    return json_response({"object": "list", "data": [_model(name, context.state.catalog.modified_epoch) for name in names]})
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, state: State, record: Record) -> Response:
-    _route(state, record, model_id)
-    return json_response(_model(model_id, state.catalog.modified_epoch))
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    context = context_of(request)
+    context.route(model_id)
+    return json_response(_model(model_id, context.state.catalog.modified_epoch))
 
 
-async def _relay(request: Request, state: GatewayState, record: RequestRecord, path: str) -> Response:
+async def _relay(request: Request, path: str) -> Response:
     """Pass the body to the routed upstream with the upstream's model id; pass its answer back."""
+    context = context_of(request)
     body = await read_json_object(request)
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required")
-    primary = _route(state, record, name)
-    call = RelayCall(Exchange(state.clients, state.route_map, record), body, path, name)
+    primary = context.route(name)
+    call = RelayCall(context.exchange(), body, path, name)
     reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
-        return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, state.clients.secrets)))
+        return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, context.state.clients.secrets)))
     try:
         return Response(await reply.read(), media_type=reply.content_type)
     finally:

@@ -9,20 +9,16 @@ the Host. A path ending in `//` is left alone (404, as gin).
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 
-class TrailingSlash:
-    """Pure ASGI: strips one trailing `/` from the path (never from `/` itself)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] == "http" and path.endswith("/") and len(path) > 1 and not path.endswith("//"):
-            scope = {**scope, "path": path[:-1]}
-            raw: bytes | None = scope.get("raw_path")
-            if raw is not None and raw.endswith(b"/"):
-                scope["raw_path"] = raw[:-1]
-        await self.app(scope, receive, send)
+def without_trailing_slash(scope: Scope) -> Scope:
+    """The scope with one trailing `/` dropped from its path (never from `/` itself, nor `//`)."""
+    path: str = scope["path"]
+    if not path.endswith("/") or len(path) == 1 or path.endswith("//"):
+        return scope
+    scope = {**scope, "path": path[:-1]}
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None and raw.endswith(b"/"):
+        scope["raw_path"] = raw[:-1]
+    return scope

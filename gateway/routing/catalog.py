@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from gateway.routing.keys import GRANT
+from gateway.routing.keys import Grant
 from gateway.translators.clock import rfc3339
 from gateway.ollama import keep_alive_seconds
 from gateway.routing.names import tagged
@@ -66,9 +66,8 @@ class Catalog:
         # What /api/ps reports outlives a reload or a discovery refresh: the same dict goes on.
         self._used: dict[str, tuple[Target, float]] = previous._used if previous is not None else {}
 
-    def tags(self) -> dict[str, Any]:
-        """The /api/tags answer: the models the request's key may use (auth.py), all without auth."""
-        grant = GRANT.get()
+    def tags(self, grant: Grant | None = None) -> dict[str, Any]:
+        """The /api/tags answer: the models the request's key may use (`grant`), all without auth."""
         if grant is None or grant.everything:
             return self._tags
         allowed = [grant.allows(*names) for names in self._grant_names]
@@ -133,12 +132,11 @@ class Catalog:
         expires = time.time() + (_FOREVER_S if seconds < 0 else min(seconds, _FOREVER_S))
         self._used[key] = (target, expires)
 
-    def ps(self) -> dict[str, Any]:
+    def ps(self, grant: Grant | None = None) -> dict[str, Any]:
         now = time.time()
         for expired in [name for name, entry in self._used.items() if entry[1] <= now]:
             del self._used[expired]
         models = []
-        grant = GRANT.get()
         for name, (target, expires) in sorted(self._used.items(), key=lambda item: item[1][1], reverse=True):
             if grant is not None and not grant.allows(name):
                 continue

@@ -1,14 +1,9 @@
-"""Inbound auth: bearer keys from routes.yaml `auth`, each optionally limited to some models.
+"""The inbound keys of a route map (routes.yaml `auth`), each optionally limited to some models.
 
-With an `auth` section, every request but `GET`/`HEAD /` (Ollama's liveness probe) needs
-`Authorization: Bearer <key>` with one of the keys, or it gets 401 `{"error": "unauthorized"}`.
-Keys are compared as SHA-256 digests with `hmac.compare_digest`, so neither the time taken nor
+`http/auth.py` and the front layer enforce them on the wire; here is what a key grants. Keys
+are compared as SHA-256 digests with `hmac.compare_digest`, so neither the time taken nor
 the length of a wrong key tells anything about a right one. A key limited to some model names
 sees only those in `/api/tags` and gets 403 for any other model.
-
-Without an `auth` section nothing is checked. The client's bearer token is then kept in
-`CLIENT_KEY` for the upstreams that say `pass_client_key: true` (upstream.py); an upstream never
-sees a client's key otherwise.
 """
 
 from __future__ import annotations
@@ -17,25 +12,9 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
-from contextvars import ContextVar
 
-from gateway.errors import GatewayError
-from gateway.upstream.redact import CLIENT_KEY as CLIENT_KEY  # defined there: every scrub masks it too
 from gateway.routing.names import canonical_name
 from gateway.routing.schema import AuthConfig
-
-# The grant of the key the current request presented (set only when auth is on).
-GRANT: ContextVar[Grant | None] = ContextVar("grant", default=None)
-
-UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
-_OPEN_PATHS = {("GET", "/"), ("HEAD", "/")}
-
-
-class ModelForbidden(GatewayError):
-    status_code = 403
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"this key may not use model '{name}'")
 
 
 class Grant:
@@ -87,13 +66,3 @@ class KeyChecker:
                 granted = grant
         return granted
 
-
-def is_open(method: str, path: str) -> bool:
-    return (method, path) in _OPEN_PATHS
-
-
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    for name, value in headers:
-        if name == b"authorization":
-            return value
-    return None

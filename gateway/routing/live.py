@@ -1,8 +1,8 @@
 """The route map in force, swapped whole: hot reload (file watch, SIGHUP) and discovery refreshes.
 
 Each worker holds a `LiveGateway`. What a request needs (route map, translators, upstream
-clients, catalog, auth keys) is one immutable `GatewayState`; `LiveStateMiddleware` reads the
-current one once, when the request starts, and the request keeps it to its last byte. A reload
+clients, catalog, auth keys) is one immutable `GatewayState`; the front layer (http/front.py)
+reads the current one once, when the request starts, and the request keeps it to its last byte. A reload
 or a discovery refresh builds a new state and swaps it in: requests in flight finish on the map
 they started with, new ones get the new one.
 
@@ -27,22 +27,13 @@ import hashlib
 import os
 import signal
 from collections.abc import Coroutine
-from contextvars import Token
 from pathlib import Path
 from typing import Any
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
 from watchfiles import Change, awatch
 
-from gateway.routing.keys import (
-    CLIENT_KEY,
-    GRANT,
-    UNAUTHORIZED_BODY,
-    KeyChecker,
-    bearer_token,
-    is_open,
-)
+from gateway.routing.keys import KeyChecker
 from gateway.routing.catalog import Catalog
 from gateway.routing.discovery import Discovery
 from gateway.upstream.redact import Secrets
@@ -56,13 +47,6 @@ from gateway.upstream.clients import UpstreamClient, UpstreamClients, close_clie
 log = structlog.get_logger()
 
 _RECHECK_MS = 3000
-
-_UNAUTHORIZED_HEADERS = [
-    (b"content-type", b"application/json; charset=utf-8"),
-    (b"content-length", str(len(UNAUTHORIZED_BODY)).encode()),
-    (b"www-authenticate", b"Bearer"),
-]
-
 
 class Snapshot:
     """One state and the number of requests using it."""
@@ -228,60 +212,6 @@ class LiveGateway:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-class LiveStateMiddleware:
-    """Pins the state in force to the request (`scope["state"]["gateway"]`) and checks its key.
-
-    Pure ASGI, inside the request log (so a 401 is logged too). Without `auth` in routes.yaml
-    the check is one attribute test.
-    """
-
-    def __init__(self, app: ASGIApp, live: LiveGateway) -> None:
-        self.app = app
-        self.live = live
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        snapshot = self.live.current
-        state = snapshot.state
-        scope.setdefault("state", {})["gateway"] = state
-        grant_token: Token[Any] | None = None
-        key_token: Token[str | None] | None = None
-        if state.auth is not None:
-            if not is_open(scope["method"], scope["path"]):
-                grant = state.auth.check(bearer_token(scope["headers"]))
-                if grant is None:
-                    await _unauthorized(send)
-                    return
-                grant_token = GRANT.set(grant)
-        elif snapshot.passes_client_key:
-            key_token = CLIENT_KEY.set(_bearer_value(bearer_token(scope["headers"])))
-        snapshot.users += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            snapshot.users -= 1
-            if snapshot.retired and not snapshot.users:
-                self.live.collect()
-            if grant_token is not None:
-                GRANT.reset(grant_token)
-            if key_token is not None:
-                CLIENT_KEY.reset(key_token)
-
-
-async def _unauthorized(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 401, "headers": _UNAUTHORIZED_HEADERS})
-    await send({"type": "http.response.body", "body": UNAUTHORIZED_BODY, "more_body": False})
-
-
-def _bearer_value(header: bytes | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.decode("latin-1").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def _modified_ns(path: Path) -> int:

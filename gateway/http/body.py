@@ -1,0 +1,46 @@
+"""Request bodies in and JSON out: JSON whatever the Content-Type, checked, then validated.
+
+curl's `-d` sends a form content type and Ollama reads JSON anyway (ollama-api.md §1.2). A body
+that is empty, not JSON, not an object, too deep or too big for the caps (`upstream.limiter`
+`check_body`, before pydantic builds anything) is a 400/413 in Ollama's shape, never a 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest
+from gateway.http.context import context_of
+from gateway.ollama import ModelRequest, describe_validation_error
+from gateway.upstream.limiter import check_body
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type, within the request caps."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in request body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    check_body(body, context_of(request).state.settings)
+    return body
+
+
+def validate(request_type: type[ModelRequest], body: dict[str, Any]) -> Any:
+    try:
+        return request_type.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from exc

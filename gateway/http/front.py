@@ -1,0 +1,171 @@
+"""The front layer: the one pure-ASGI layer every HTTP request passes before the router.
+
+In order, for each request, with its headers read once:
+
+    request id and record    X-Request-Id taken (or made) and echoed; the record the summary
+                             line is written from when the response is over, disconnects included
+    Host (hosts.py)          not one of ours (DNS rebinding): 403, empty body, before anything else
+    CORS (cors.py)           a refused origin 403, a preflight 204; otherwise its headers added
+    trailing slash           `/api/tags/` served as `/api/tags` (slashes.py)
+    the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
+                             change it; the request context made (context.py)
+    auth (auth.py)           routes.yaml `auth`: a request without a valid key gets 401
+    the guard (guard.py)     body limit, cancellation on disconnect, the shutdown drain; the app
+
+An exception no handler caught is answered with Ollama's JSON 500 and logged as one
+`unhandled_exception` line (type, message, where), not a traceback per request. Nothing here runs
+per streamed chunk but the send wrapper's two comparisons.
+"""
+
+from __future__ import annotations
+
+import secrets as token_source
+import time
+from contextvars import Token
+
+import anyio
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, error_response
+from gateway.http.auth import bearer_value, is_open, unauthorized
+from gateway.http.context import CONTEXT_KEY, RequestContext
+from gateway.http.cors import Cors
+from gateway.http.guard import Drain, RequestGuard
+from gateway.http.hosts import HostPolicy, refusal
+from gateway.http.slashes import without_trailing_slash
+from gateway.logs import ContentLogMiddleware, RequestRecord
+from gateway.routing.live import LiveGateway
+from gateway.upstream.redact import CLIENT_KEY
+
+log = structlog.get_logger()
+
+_REQUEST_ID_HEADER = b"x-request-id"
+_EMPTY = [(b"content-length", b"0")]
+
+
+class Front:
+    """The front layer around the app (see the module docstring)."""
+
+    def __init__(
+        self, app: ASGIApp, *, live: LiveGateway, hosts: HostPolicy, cors: Cors, drain: Drain, max_body_bytes: int,
+        log_content: bool = False,
+    ) -> None:
+        self.app = app
+        self.live = live
+        self.hosts = hosts
+        self.cors = cors
+        # Prompts and completions in the log only when asked (GATEWAY_LOG_CONTENT, debugging).
+        inner = ContentLogMiddleware(app) if log_content else app
+        self.guard = RequestGuard(inner, drain=drain, max_body_bytes=max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = origin = authorization = request_id = None
+        foreign_host: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+                if foreign_host is None and not self.hosts.allows(host):
+                    foreign_host = host
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization = value
+            elif name == _REQUEST_ID_HEADER:
+                request_id = _usable_request_id(value)
+        request_id = request_id or token_source.token_hex(8)
+        record = RequestRecord(request_id, scope["method"], scope["path"])
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        added = [(_REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *added]
+            elif not record.first_byte and message.get("body"):
+                record.first_byte = time.perf_counter_ns()
+            await send(message)
+
+        try:
+            if foreign_host is not None:
+                record.fail(refusal(foreign_host))
+                await _answer(send_with_id, 403, _EMPTY)
+                return
+            status, cors_headers = self.cors.check(origin, host or "", scope["method"])
+            if status is not None:
+                await _answer(send_with_id, status, [*cors_headers, *_EMPTY])
+                return
+            added += cors_headers
+            await self._serve(without_trailing_slash(scope), receive, send_with_id, record, authorization)
+        except Exception as exc:
+            await self._crashed(exc, scope, receive, send_with_id, record)
+        except BaseException as exc:
+            record.outcome = "client_disconnected" if isinstance(exc, anyio.get_cancelled_exc_class()) else "crashed"
+            raise
+        finally:
+            if record.status >= 500 and record.outcome == "ok":
+                record.outcome = "error"
+            log.info("request", **record.fields())
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, authorization: bytes | None) -> None:
+        snapshot = self.live.current
+        state = snapshot.state
+        context = RequestContext(record, state)
+        scope[CONTEXT_KEY] = context
+        key_token: Token[str | None] | None = None
+        if state.auth is not None:
+            if not is_open(scope["method"], scope["path"]):
+                context.grant = state.auth.check(authorization)
+                if context.grant is None:
+                    await unauthorized(send)
+                    return
+        elif snapshot.passes_client_key:
+            key_token = CLIENT_KEY.set(bearer_value(authorization))
+        snapshot.users += 1
+        try:
+            await self.guard.serve(scope, receive, send, record)
+        finally:
+            snapshot.users -= 1
+            if snapshot.retired and not snapshot.users:
+                self.live.collect()
+            if key_token is not None:
+                CLIENT_KEY.reset(key_token)
+
+    async def _crashed(self, exc: Exception, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
+        """A bug of ours, not the client's: one line and a JSON 500, not a traceback per request
+        and the server's plain-text 500. A response already started is cut short (the server
+        closes the connection without ending the body, as it would on a raise)."""
+        error = exc if isinstance(exc, GatewayError) else None
+        if error is None:
+            text = self.live.secrets.scrub(f"{type(exc).__name__}: {exc}")  # no upstream key in the log
+            log.error("unhandled_exception", exception=text, where=_where(exc))
+            error = GatewayError(f"internal error in the gateway (request id {record.request_id})", headers={"Connection": "close"})
+        record.fail(error, after_first_byte=bool(record.status))
+        if not record.status:
+            await error_response(error)(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _usable_request_id(value: bytes) -> str | None:
+    text = value.decode("latin-1")
+    # Echoed into a header and logs: keep it short and printable.
+    return text if 0 < len(text) <= 128 and text.isprintable() else None
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of the exception's traceback: `folder/file.py:line in function`."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{'/'.join(code.co_filename.split('/')[-2:])}:{tb.tb_lineno} in {code.co_name}"
