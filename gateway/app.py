@@ -22,13 +22,15 @@ from starlette.responses import PlainTextResponse, Response
 
 from gateway import __version__
 from gateway.errors import GatewayError, error_response
-from gateway.http.context import context_in
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
-from gateway.http.front import Front
+from gateway.http import ollama_api, openai_api
+from gateway.http.context import context_in
+from gateway.http.front import Direct, Front, internal_error
 from gateway.http.guard import Drain, follow_server_signals
 from gateway.http.hosts import HostPolicy, allowed_hosts
 from gateway.http.management import router as management_router
-from gateway.http.ollama_api import router
+from gateway.http.ollama_api import ollama_error, router
+from gateway.http.openai_api import openai_error
 from gateway.http.openai_api import router as openai_router
 from gateway.http.openapi import gateway_openapi
 from gateway.logs import configure_logging
@@ -42,7 +44,7 @@ from gateway.upstream.limiter import UpstreamLimiter
 log = structlog.get_logger()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Front:
     settings = settings or Settings()
     route_map = load_route_map(settings.routes)
     bindings = load_bindings(route_map.endpoints)
@@ -78,26 +80,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(management_router)
     app.include_router(openai_router)
     app.openapi = partial(gateway_openapi, app)  # type: ignore[method-assign]  # request bodies described
-    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(GatewayError, ollama_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    # One pure-ASGI layer in front of the router: request id and log line, Host, CORS, trailing
-    # slash, the map in force, auth, and the guard (body limit, disconnects, drain): front.py.
+    # A bug in a FastAPI-routed handler: Starlette's outermost layer answers with this, then
+    # re-raises to the front layer, which logs it in one line (front.py).
+    app.add_exception_handler(Exception, _internal_error)
+    # One pure-ASGI layer in front of everything: request id and log line, Host, CORS, trailing
+    # slash, the map in force, auth, and the guard (body limit, disconnects, drain); it calls the
+    # hot endpoints' handlers itself and hands every other request to FastAPI (front.py).
     hosts = HostPolicy(allowed_hosts(settings.allowed_hosts), listen_host=settings.bind_address()[0])
-    app.add_middleware(
-        Front, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
-        drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content,
+    return Front(
+        app, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
+        drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content, direct=_direct_routes(),
     )
-    return app
 
 
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
+def _direct_routes() -> dict[tuple[str, str], Direct]:
+    """The hot endpoints, served by the front layer without FastAPI's routing and handler layers
+    (they are still routes of the app, so /openapi.json describes them)."""
+    ollama = {path: Direct(handler, ollama_error) for path, handler in (
+        ("/api/chat", ollama_api.chat), ("/api/generate", ollama_api.generate),
+        ("/api/embed", ollama_api.embed), ("/api/embeddings", ollama_api.embeddings),
+    )}
+    openai = {path: Direct(handler, openai_error) for path, handler in (
+        ("/v1/chat/completions", openai_api.chat_completions), ("/v1/completions", openai_api.completions),
+        ("/v1/embeddings", openai_api.embeddings),
+    )}
+    return {("POST", path): direct for path, direct in (ollama | openai).items()}
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
     context = context_in(request.scope)
-    if context is not None:
-        exc.message = context.state.clients.scrub(exc.message)  # belt and braces: no key in any error
-        context.record.fail(exc)
-    return error_response(exc)
+    assert context is not None
+    return error_response(internal_error(context.record))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

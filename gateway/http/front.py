@@ -10,7 +10,10 @@ In order, for each request, with its headers read once:
     the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
                              change it; the request context made (context.py)
     auth (auth.py)           routes.yaml `auth`: a request without a valid key gets 401
-    the guard (guard.py)     body limit, cancellation on disconnect, the shutdown drain; the app
+    the guard (guard.py)     body limit, cancellation on disconnect, the shutdown drain
+    dispatch                 the hot endpoints (`Direct`: chat, generate, embed, the `/v1` relays)
+                             called straight, without FastAPI's routing, exception middleware and
+                             request handler; every other request goes to the FastAPI app
 
 An exception no handler caught is answered with Ollama's JSON 500 and logged as one
 `unhandled_exception` line (type, message, where), not a traceback per request. Nothing here runs
@@ -21,10 +24,14 @@ from __future__ import annotations
 
 import secrets as token_source
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
+from typing import NamedTuple
 
 import anyio
 import structlog
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_response
@@ -44,20 +51,41 @@ _REQUEST_ID_HEADER = b"x-request-id"
 _EMPTY = [(b"content-length", b"0")]
 
 
+class Direct(NamedTuple):
+    """A hot endpoint the front layer calls itself: its handler, and how its errors are answered."""
+
+    handler: Callable[[Request], Awaitable[Response]]
+    on_error: Callable[[Request, Exception], Awaitable[Response]]
+
+
 class Front:
     """The front layer around the app (see the module docstring)."""
 
     def __init__(
         self, app: ASGIApp, *, live: LiveGateway, hosts: HostPolicy, cors: Cors, drain: Drain, max_body_bytes: int,
-        log_content: bool = False,
+        log_content: bool = False, direct: Mapping[tuple[str, str], Direct] | None = None,
     ) -> None:
         self.app = app
+        self.direct = dict(direct or {})
         self.live = live
         self.hosts = hosts
         self.cors = cors
         # Prompts and completions in the log only when asked (GATEWAY_LOG_CONTENT, debugging).
-        inner = ContentLogMiddleware(app) if log_content else app
+        inner: ASGIApp = ContentLogMiddleware(self._dispatch) if log_content else self._dispatch
         self.guard = RequestGuard(inner, drain=drain, max_body_bytes=max_body_bytes)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A hot endpoint straight to its handler; anything else through FastAPI."""
+        direct = self.direct.get((scope["method"], scope["path"]))
+        if direct is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await direct.handler(request)
+        except GatewayError as exc:
+            response = await direct.on_error(request, exc)
+        await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,10 +171,15 @@ class Front:
         if error is None:
             text = self.live.secrets.scrub(f"{type(exc).__name__}: {exc}")  # no upstream key in the log
             log.error("unhandled_exception", exception=text, where=_where(exc))
-            error = GatewayError(f"internal error in the gateway (request id {record.request_id})", headers={"Connection": "close"})
+            error = internal_error(record)
         record.fail(error, after_first_byte=bool(record.status))
         if not record.status:
             await error_response(error)(scope, receive, send)
+
+
+def internal_error(record: RequestRecord) -> GatewayError:
+    """What a client gets for a bug of ours (FastAPI's routes answer it too, app.py)."""
+    return GatewayError(f"internal error in the gateway (request id {record.request_id})", headers={"Connection": "close"})
 
 
 async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:

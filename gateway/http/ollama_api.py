@@ -12,9 +12,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, error_response
 from gateway.http.body import json_response, read_json_object, validate
-from gateway.http.context import context_of
+from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
 from gateway.ollama import ShowRequest
 from gateway.routing.names import has_tag
@@ -102,6 +102,16 @@ async def translated(request: Request, endpoint: str) -> Response:
     if reply is not None:
         return json_response(reply)
     return StreamedResponse(answer) if isinstance(answer, OpenedStream) else Response(answer, media_type=JSON_MEDIA_TYPE)
+
+
+async def ollama_error(request: Request, exc: Exception) -> Response:
+    """A GatewayError in Ollama's shape, scrubbed once more (belt and braces) and recorded."""
+    assert isinstance(exc, GatewayError)
+    context = context_in(request.scope)
+    if context is not None:
+        exc.message = context.state.clients.scrub(exc.message)
+        context.record.fail(exc)
+    return error_response(exc)
 
 
 def _with_tag(name: str) -> str:

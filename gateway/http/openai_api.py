@@ -56,14 +56,20 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except GatewayError as exc:
-                context = context_in(request.scope)
-                secrets = context.state.clients.secrets if context is not None else _NO_SECRETS
-                exc.message = secrets.scrub(exc.message)  # as app._gateway_error
-                if context is not None:
-                    context.record.fail(exc)
-                return openai_error_response(exc, secrets)
+                return await openai_error(request, exc)
 
         return handle
+
+
+async def openai_error(request: Request, exc: Exception) -> Response:
+    """A GatewayError in OpenAI's shape, scrubbed once more (as `ollama_error`) and recorded."""
+    assert isinstance(exc, GatewayError)
+    context = context_in(request.scope)
+    secrets = context.state.clients.secrets if context is not None else _NO_SECRETS
+    exc.message = secrets.scrub(exc.message)
+    if context is not None:
+        context.record.fail(exc)
+    return openai_error_response(exc, secrets)
 
 
 router = APIRouter(route_class=OpenAIRoute)
