@@ -18,7 +18,7 @@ completion is not masked there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -140,27 +140,31 @@ class EventStream:
         """True once the `[DONE]` sentinel arrived."""
         return self._decoder.done
 
-    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Events grouped as they arrived in network reads (each read may hold several events)."""
-        decoder = self._decoder
+    async def reads(self) -> AsyncIterator[Iterator[dict[str, Any]]]:
+        """Per network read, its events, decoded lazily as they are taken (the first event of a
+        read is translated and sent before the rest of it is parsed). Take each read's events to
+        the end before asking for the next read."""
         try:
             reads = _reads(self._response)
             if "event-stream" not in self._response.headers.get("content-type", ""):
                 reads = self._sniffed(reads)
             async for data in reads:
-                events = decoder.feed(data)
-                if events:
-                    yield events
-                    decoder.feed(b"")  # raises a malformed event that followed these in the read
-                if decoder.done:
+                yield self._events(data)
+                if self._decoder.done:
                     return
-            tail = decoder.close()
+            tail = self._decoder.close()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_fault(exc, self._origin, answering=True) from exc
         except MalformedEvent as exc:
             raise fault("malformed_event", self._origin, str(exc)) from exc
         if tail:
-            yield tail
+            yield iter(tail)
+
+    def _events(self, data: bytes) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._decoder.events(data)
+        except MalformedEvent as exc:
+            raise fault("malformed_event", self._origin, str(exc)) from exc
 
     async def _sniffed(self, reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The reads of a body not labelled as an event stream, if it reads as one all the same.

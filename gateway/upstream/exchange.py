@@ -330,19 +330,26 @@ class TranslatedCall(Generic[RequestT]):
         async with clients.limiter.slot():
             events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
             try:
-                async for batch in events.batches():
+                started = False
+                async for read in events.reads():
                     lines: list[bytes] = []
-                    failure: GatewayError | None = None
                     try:
-                        for event in batch:
+                        for event in read:
                             lines.extend(_dumps(chunk) for chunk in translator.feed(event))
-                    except GatewayError as exc:
-                        failure = exc  # the lines before it in this read are still the client's
+                            if lines and not started:
+                                # The first line leaves at once; later ones go one write per read.
+                                started = True
+                                record.chunks += len(lines)
+                                yield b"\n".join(lines) + b"\n"
+                                lines = []
+                    except GatewayError:
+                        if lines:  # the lines before a failure in this read are still the client's
+                            record.chunks += len(lines)
+                            yield b"\n".join(lines) + b"\n"
+                        raise
                     if lines:
                         record.chunks += len(lines)
                         yield b"\n".join(lines) + b"\n"
-                    if failure is not None:
-                        raise failure
                 if not events.saw_done and not translator.saw_finish_reason:
                     # Without [DONE] a stream is complete only if it said why it finished: a stream
                     # cut short is never answered with a made-up `done` chunk.

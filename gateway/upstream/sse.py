@@ -12,6 +12,7 @@ than buffered without end.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -40,11 +41,47 @@ class SSEDecoder:
         self._failure: MalformedEvent | None = None
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        """The complete events in `chunk` plus what was buffered; keeps a trailing partial line."""
+        """The complete events in `chunk` plus what was buffered; keeps a trailing partial line.
+
+        A malformed event after good ones: the good ones are returned, the next call raises.
+        """
+        events: list[dict[str, Any]] = []
+        try:
+            events.extend(self.events(chunk))
+        except MalformedEvent as exc:
+            if not events:
+                raise
+            self._failure = exc
+        return events
+
+    def events(self, chunk: bytes) -> Iterator[dict[str, Any]]:
+        """As `feed`, lazily: each event is decoded when it is asked for, so the first event of a
+        large read can be passed on before the rest of the read is parsed. A malformed event
+        raises where it stands; iterate to the end (or stop on an error) before the next call."""
         if self._failure is not None:
             raise self._failure
         if self.done:
-            return []
+            return
+        for line in self._lines(chunk):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data:
+                    event = self._take()
+                    if event is not None:
+                        yield event
+                    if self.done:
+                        return  # nothing after [DONE] counts, even within the same read
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                value = value[1:] if value.startswith(b" ") else value
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > self.max_event_bytes:
+                    raise self._too_large()
+
+    def _lines(self, chunk: bytes) -> list[bytes]:
+        """The complete lines that `chunk` ends (with what was buffered); keeps the partial last one."""
         if b"\n" not in chunk:
             if chunk:
                 self._parts.append(chunk)
@@ -61,29 +98,7 @@ class SSEDecoder:
         self._partial = len(tail)
         if tail:
             self._parts.append(tail)
-        events: list[dict[str, Any]] = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    try:
-                        self._dispatch(events)
-                    except MalformedEvent as exc:
-                        if not events:
-                            raise
-                        self._failure = exc
-                        return events
-                    if self.done:
-                        return events  # nothing after [DONE] counts, even within the same read
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                value = value[1:] if value.startswith(b" ") else value
-                self._data.append(value)
-                self._data_size += len(value) + 1
-                if self._data_size > self.max_event_bytes:
-                    raise self._too_large()
-        return events
+        return lines
 
     def close(self) -> list[dict[str, Any]]:
         """Whatever complete event the stream ended with but did not terminate with a blank line."""
@@ -93,26 +108,28 @@ class SSEDecoder:
         if self._parts:
             events.extend(self.feed(b"\n"))
         if self._data:
-            self._dispatch(events)
+            event = self._take()
+            if event is not None:
+                events.append(event)
         return events
 
-    def _dispatch(self, events: list[dict[str, Any]]) -> None:
+    def _take(self) -> dict[str, Any] | None:
+        """The event whose data lines are buffered (None for `[DONE]`)."""
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
         self._data = []
         self._data_size = 0
         if data == b"[DONE]":
             self.done = True
-            return
+            return None
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             # The parser's position only: the event's text may hold completion text (never logged).
             raise MalformedEvent(str(exc)) from exc
-        if isinstance(event, dict):
-            self.events_seen += 1
-            events.append(event)
-        else:
+        if not isinstance(event, dict):
             raise MalformedEvent(f"an event that is a JSON {type(event).__name__}, not an object")
+        self.events_seen += 1
+        return event
 
     def _too_large(self) -> MalformedEvent:
         return MalformedEvent(f"an event larger than {self.max_event_bytes} bytes")
