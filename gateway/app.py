@@ -24,7 +24,7 @@ from gateway import __version__
 from gateway.api import router
 from gateway.cors import CORSMiddleware, OriginPolicy, allowed_origins
 from gateway.errors import GatewayError, error_response
-from gateway.guard import Drain, RequestGuard, follow_server_signals
+from gateway.guard import Deadlines, Drain, RequestGuard, follow_server_signals
 from gateway.hosts import HostGuard, HostPolicy, allowed_hosts
 from gateway.limits import UpstreamLimiter
 from gateway.logs import ContentLogMiddleware, RequestLogMiddleware, configure_logging
@@ -50,18 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every log line is scrubbed of the secrets of the map in force.
     configure_logging(settings.log_format, settings.log_level, lambda: live.secrets)
     drain = Drain(settings.shutdown_grace)
+    deadlines = Deadlines(drain.active, settings.body_timeout, settings.send_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
         clients = UpstreamClients(route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes)
         stop_following = follow_server_signals(drain)
+        deadlines.start()
         live.start(clients)
         log.info("started", routes=str(settings.routes), models=len(route_map.models), upstreams=len(route_map.upstreams))
         try:
             yield
         finally:
             stop_following()
+            deadlines.stop()
             await live.stop()
 
     app = FastAPI(
@@ -80,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    # Innermost: the body limit, cancel-on-disconnect and the shutdown drain (guard.py).
+    # Innermost: body limits, cancel-on-disconnect and the shutdown drain (guard.py); `deadlines`
+    # times the bodies and stream writes of the requests it tracks.
     app.add_middleware(RequestGuard, drain=drain, max_body_bytes=settings.max_body_bytes)
     if settings.log_content:  # prompts and completions in the log: only when asked (debugging)
         app.add_middleware(ContentLogMiddleware)

@@ -13,6 +13,7 @@ surface relays SSE through them, see `openai_routes.py`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from gateway.upstream import UpstreamClients
 
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
 _dumps: Callable[[Any], bytes] = orjson.dumps
+_now = time.monotonic
 
 
 async def ndjson_stream(
@@ -115,13 +117,18 @@ class StreamedResponse(Response):
         if guard is None:
             await self._watching_disconnect(scope, receive, send)
             return
-        # The guard cancels this on disconnect; it only needs to know while the body is open.
+        # The guard cancels this on disconnect; it only needs to know while the body is open,
+        # and when a write is waiting (on a client that stopped reading: `GATEWAY_SEND_TIMEOUT`).
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             guard.open_stream = self
+            guard.sending_since = _now()
             await send({"type": "http.response.body", "body": self._first, "more_body": True})
+            guard.sending_since = 0.0
             async for chunk in self._rest:
+                guard.sending_since = _now()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                guard.sending_since = 0.0
             guard.open_stream = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
