@@ -26,7 +26,7 @@ from gateway.http.cors import Cors, OriginPolicy, allowed_origins
 from gateway.http import ollama_api, openai_api
 from gateway.http.context import context_in
 from gateway.http.front import Direct, Front, internal_error
-from gateway.http.guard import Drain, follow_server_signals
+from gateway.http.guard import Deadlines, Drain, follow_server_signals
 from gateway.http.hosts import HostPolicy, allowed_hosts
 from gateway.http.management import router as management_router
 from gateway.http.ollama_api import ollama_error, router
@@ -53,18 +53,21 @@ def create_app(settings: Settings | None = None) -> Front:
     # Every log line is scrubbed of the secrets of the map in force.
     configure_logging(settings.log_format, settings.log_level, lambda: live.secrets)
     drain = Drain(settings.shutdown_grace)
+    deadlines = Deadlines(drain.active, settings.body_timeout, settings.send_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
         clients = UpstreamClients(route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes)
         stop_following = follow_server_signals(drain)
+        deadlines.start()
         live.start(clients)
         log.info("started", routes=str(settings.routes), models=len(route_map.models), upstreams=len(route_map.upstreams))
         try:
             yield
         finally:
             stop_following()
+            deadlines.stop()
             await live.stop()
 
     app = FastAPI(

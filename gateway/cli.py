@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.http.hosts import allowed_hosts
 from gateway.master import forward_sighup
 from gateway.routing.loader import RouteMapError, load_route_map
 from gateway.routing.names import strip_latest, tagged
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         settings.bind_address()
+        allowed_hosts(settings.allowed_hosts)  # ValueError naming an entry that is not a host name
     except (ValidationError, ValueError) as exc:
         print(f"ollama-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
@@ -121,12 +123,19 @@ def serve(settings: Settings) -> int:
     On SIGTERM Granian stops accepting connections and waits for requests in flight; the app
     ends what is left after `shutdown_grace` seconds (guard.Drain), and Granian kills a worker
     still alive a few seconds later. Headers beyond `max_header_bytes`, or more than 100 of them,
-    get 431 from Granian (hyper) before the app sees the request.
+    get 431 from Granian (hyper) before the app sees the request, and a connection that has not
+    sent a request's headers `header_timeout` seconds after its connect or its previous response
+    is closed (hyper's one timer for both). Each worker serves up to `max_connections` at once,
+    on a listening socket the master keeps for its slot (listener.py). A worker that dies
+    (killed, out of memory, a crash in native code) is replaced at once while the others keep
+    serving; one that dies again within about five seconds of its respawn ends the gateway
+    (Granian's crash-loop guard: a worker that cannot start at all).
     """
-    from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
+
+    from gateway.listener import GatewayServer, files_needed, raise_open_file_limit
 
     try:
         route_map = load_route_map(settings.routes)
@@ -134,6 +143,9 @@ def serve(settings: Settings) -> int:
     except (RouteMapError, BindingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    warning = raise_open_file_limit(files_needed(settings.max_connections, settings.max_concurrent_upstream))
+    if warning:
+        print(f"ollama-gateway: warning: {warning}", file=sys.stderr)
     os.environ.update(settings.to_environ())
     host, port = settings.bind_address()
     options: dict[str, Any] = {
@@ -146,10 +158,15 @@ def serve(settings: Settings) -> int:
         "http": HTTPModes.http1,
         "log_access": False,
         "log_level": LogLevels(settings.log_level),
-        "http1_settings": HTTP1Settings(max_buffer_size=settings.max_header_bytes),
+        "http1_settings": HTTP1Settings(
+            max_buffer_size=settings.max_header_bytes, header_read_timeout=math.ceil(settings.header_timeout * 1000)
+        ),
+        "backlog": settings.backlog,
+        "backpressure": settings.max_connections,
+        "respawn_failed_workers": True,
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    server = Granian("gateway.app:create_app", **options)
+    server = GatewayServer("gateway.app:create_app", tcp_keepalive=settings.tcp_keepalive, **options)
     # SIGHUP reloads routes.yaml in every worker instead of respawning them (reload.py).
     server.on_startup(forward_sighup)
     server.serve()

@@ -17,7 +17,9 @@ def forward_sighup() -> None:
     Granian's own SIGHUP handler respawns every worker; a worker whose routes.yaml had become
     invalid would then fail to start. Installed by an `on_startup` hook, after Granian's
     handlers and before the workers are forked (they inherit it, and the pid check makes it a
-    no-op there until their lifespan installs their own).
+    no-op there until their lifespan installs their own). A worker Granian forks to replace one
+    that died is a `multiprocessing` child of the master like the first ones, so it is listed
+    too (tests/test_hardening_sockets.py).
     """
     master = os.getpid()
 

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from gateway.http.hosts import allowed_hosts
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -62,14 +60,31 @@ class Settings(BaseSettings):
     # Seconds in-flight requests get to finish after SIGTERM; keep it below the orchestrator's
     # own kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 by default).
     shutdown_grace: float = Field(default=25.0, ge=0, le=1800)
+    # Connections (cli.serve, listener.py, guard.py). Connections each worker serves at once
+    # (Granian's backpressure; more wait in the worker's listen queue, `backlog` long); it must
+    # exceed `max_concurrent_upstream`, or the limiter's 503 is never reached.
+    max_connections: int = Field(default=4096, ge=2)
+    backlog: int = Field(default=2048, ge=128)
+    # Seconds a connection may take to send a request's headers, counted from its connect and, on a
+    # kept-alive connection, from the end of the previous response: the keep-alive idle timeout too.
+    header_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # Seconds a request body may take to arrive whole (408 after), and a response write may wait on
+    # a client that stopped reading (the request is ended and its upstream slot freed).
+    body_timeout: float = Field(default=60.0, gt=0)
+    send_timeout: float = Field(default=60.0, gt=0)
+    # Seconds of silence before an accepted connection is probed (TCP keepalive; 0 turns it off).
+    tcp_keepalive: int = Field(default=60, ge=0, le=32767)
     # Log prompts and completions (one `content` line per request). For debugging; off by default.
     log_content: bool = False
 
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _host_names(cls, value: str) -> str:
-        allowed_hosts(value)  # raises ValueError naming the entry that is not a host name
-        return value
+    @model_validator(mode="after")
+    def _connections_above_upstream(self) -> Settings:
+        if self.max_connections <= self.max_concurrent_upstream:
+            raise ValueError(
+                f"GATEWAY_MAX_CONNECTIONS ({self.max_connections}) must be above GATEWAY_MAX_CONCURRENT_UPSTREAM "
+                f"({self.max_concurrent_upstream}): a request waiting for an upstream slot holds a connection too"
+            )
+        return self
 
     def bind_address(self) -> tuple[str, int]:
         """Where to listen: explicit settings first, then `OLLAMA_HOST`, then 127.0.0.1:11434."""
@@ -93,7 +108,8 @@ class Settings(BaseSettings):
         names = (
             "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
             "shutdown_grace", "log_content", "allowed_hosts", "max_messages", "max_inputs", "max_json_items",
-            "max_upstream_answer_bytes",
+            "max_upstream_answer_bytes", "max_connections", "backlog", "header_timeout", "body_timeout",
+            "send_timeout", "tcp_keepalive",
         )
         return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
 

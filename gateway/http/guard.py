@@ -1,4 +1,5 @@
-"""Per request: the body size limit, cancellation when the client leaves, and the shutdown drain.
+"""Per request: body size and time limits, cancellation when the client leaves or stops reading,
+and the shutdown drain.
 
 `RequestGuard.serve` runs inside the front layer (`front.py`), around the app. For every HTTP request:
 
@@ -7,6 +8,12 @@
 - a body that ends before it is complete is a 400: Granian says `http.disconnect` both for a
   malformed chunked body (the 400 reaches the client) and for a client that left mid-upload (the
   400 goes nowhere, and the request is one log line);
+- a body that is not whole `GATEWAY_BODY_TIMEOUT` seconds after the handler began to read it
+  gets 408 and `Connection: close` (a client trickling its body cannot hold a connection and a
+  handler for ever);
+- a stream write that waits `GATEWAY_SEND_TIMEOUT` seconds ends the request (Granian's `send`
+  blocks once the socket's buffers are full of what a client does not read): its upstream
+  request is cancelled, its slot freed, and the request's log line says why;
 - once the handler has read the whole body, one task listens for `http.disconnect` and cancels
   the handler at once, so a client that leaves cancels the upstream request, `stream: false`
   included (Granian does not cancel handlers itself; vLLM `with_cancellation` is the same idea).
@@ -16,13 +23,16 @@
   503 and an NDJSON stream one final `{"error": ...}` line, never a `done` chunk (an SSE relay
   its error event: the response says how, `StreamedResponse.error_chunk`).
 
-Nothing here runs per streamed chunk: a stream sets `open_stream` once when its body starts.
+Nothing of the guard's runs per streamed chunk: a stream sets `open_stream` once when its body
+starts, and notes when each write starts and ends (`sending_since`); `Deadlines` checks those
+times, and when each body began, a few times a second for every request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -79,6 +89,37 @@ class Drain:
             log.warning("grace_period_over", stopped=len(self.active))
         for request in list(self.active):
             request.stop()
+
+
+class Deadlines:
+    """A worker's timers on the client's side of its requests: the body's arrival and each write.
+
+    One timer for the worker, ticking a few times per the shorter timeout (at most once a second)
+    over the requests in flight (`Drain.active`), instead of a timer per request or per chunk.
+    `start` and `stop` run in the lifespan; without them (an app run in-process by tests) nothing
+    is timed.
+    """
+
+    def __init__(self, active: set[GuardedRequest], body_timeout: float, send_timeout: float) -> None:
+        self.active = active
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
+        self.tick = min(max(min(body_timeout, send_timeout) / 4, 0.05), 1.0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.tick, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        for request in list(self.active):
+            request.check(now, self.body_timeout, self.send_timeout)
+        self.start()
 
 
 def follow_server_signals(drain: Drain) -> Callable[[], None]:
@@ -140,12 +181,22 @@ def body_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body too large (limit {limit} bytes)", headers=dict(_CLOSE))
 
 
+def body_too_slow(timeout: float) -> GatewayError:
+    return GatewayError(f"request body not received in time (limit {timeout:g} s)", status_code=408, headers=dict(_CLOSE))
+
+
+def client_not_reading(timeout: float) -> GatewayError:
+    """For the log only: the client is not reading, so nothing more is sent to it."""
+    return GatewayError(f"client stopped reading: a write waited more than {timeout:g} s")
+
+
 class GuardedRequest:
-    """One request's state: body bytes seen, the disconnect, and whether the drain stopped it."""
+    """One request's state: body bytes seen, the disconnect, its deadlines, and whether the drain
+    or a deadline stopped it."""
 
     __slots__ = (
         "_guard", "_scope", "_receive", "_send", "_record", "_received", "_body_done", "_disconnected",
-        "_group", "stopped", "open_stream",
+        "_group", "stopped", "open_stream", "_body_since", "sending_since", "timed_out",
     )
 
     def __init__(self, guard: RequestGuard, scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> None:
@@ -162,6 +213,12 @@ class GuardedRequest:
         # Set by StreamedResponse between its first and last write: a stream the drain stops is
         # then ended with its error chunk.
         self.open_stream: OpenStream | None = None
+        # Monotonic times for `Deadlines` (0: not yet, not now): the handler's first read of the
+        # body, and the start of the stream write in progress (set by StreamedResponse, which
+        # is where a client that stops reading holds an upstream request).
+        self._body_since = 0.0
+        self.sending_since = 0.0
+        self.timed_out: GatewayError | None = None
 
     async def run(self) -> None:
         error: Exception | None = None
@@ -176,7 +233,9 @@ class GuardedRequest:
             group.cancel_scope.cancel()
         if error is not None:
             raise error
-        if self.stopped:
+        if self.timed_out is not None:
+            await self._end_timed_out(self.timed_out)
+        elif self.stopped:
             await self._end_stopped()
 
     async def receive(self) -> Message:
@@ -184,6 +243,8 @@ class GuardedRequest:
             # The watcher owns the connection's receive channel now.
             await self._disconnect_event().wait()
             return {"type": "http.disconnect"}
+        if not self._body_since:
+            self._body_since = time.monotonic()
         message = await self._receive()
         if message["type"] == "http.request":
             self._received += len(message.get("body", b""))
@@ -215,6 +276,18 @@ class GuardedRequest:
         if self._group is not None:
             self._group.cancel_scope.cancel()
 
+    def check(self, now: float, body_timeout: float, send_timeout: float) -> None:
+        """End this request if its body or its current write is overdue (called by `Deadlines`)."""
+        if self.timed_out is not None or self._group is None:
+            return
+        if self._body_since and not self._body_done and now - self._body_since > body_timeout:
+            self.timed_out = body_too_slow(body_timeout)
+        elif self.sending_since and now - self.sending_since > send_timeout:
+            self.timed_out = client_not_reading(send_timeout)
+        else:
+            return
+        self._group.cancel_scope.cancel()
+
     def stop(self) -> None:
         """The grace period is over: end this request now (called by `Drain.expire`)."""
         self.stopped = True
@@ -231,6 +304,15 @@ class GuardedRequest:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         elif not record.status:
             await error_response(error)(self._scope, self._receive, self._send)
+
+    async def _end_timed_out(self, error: GatewayError) -> None:
+        record = self._record
+        self.open_stream = None
+        started = bool(record.status)
+        record.fail(error, after_first_byte=started)
+        if self._body_done or started:
+            return  # a client that stopped reading is sent nothing more
+        await error_response(error)(self._scope, self._receive, self._send)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord, error: GatewayError) -> None:

@@ -10,6 +10,8 @@ the guard writes the stream's `error_chunk` and ends it.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -17,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.http.guard import GUARD_SCOPE_KEY
 from gateway.upstream.exchange import OpenedStream
+
+_now = time.monotonic
 
 
 class StreamedResponse(Response):
@@ -34,13 +38,18 @@ class StreamedResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = scope[GUARD_SCOPE_KEY]
         rest = self._stream.rest
-        # The guard cancels this on disconnect; it only needs to know while the body is open.
+        # The guard cancels this on disconnect; it only needs to know while the body is open,
+        # and when a write is waiting (on a client that stopped reading: `GATEWAY_SEND_TIMEOUT`).
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             guard.open_stream = self
+            guard.sending_since = _now()
             await send({"type": "http.response.body", "body": self._stream.first, "more_body": True})
+            guard.sending_since = 0.0
             async for chunk in rest:
+                guard.sending_since = _now()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                guard.sending_since = 0.0
             guard.open_stream = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
