@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from gateway import __version__
+from gateway import __version__, tracing
 from gateway.errors import GatewayError, error_response
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
 from gateway.http import ollama_api, openai_api
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Front:
     live = LiveGateway(settings, route_map, bindings, settings.routes.read_bytes())
     # Every log line is scrubbed of the secrets of the map in force.
     configure_logging(settings.log_format, settings.log_level, lambda: live.secrets)
+    tracing.setup()  # spans only with the otel extra and an OTLP endpoint; decided once, here
     drain = Drain(settings.shutdown_grace)
     deadlines = Deadlines(drain.active, settings.body_timeout, settings.send_timeout)
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Front:
             stop_following()
             deadlines.stop()
             await live.stop()
+            tracing.shutdown()
 
     app = FastAPI(
         title="Ollama Gateway",
@@ -78,6 +80,9 @@ def create_app(settings: Settings | None = None) -> Front:
         redoc_url=None,
         # Starlette's slash redirect builds its Location from the Host header; slashes.py serves instead.
         redirect_slashes=False,
+        # FastAPI's own OpenTelemetry (spans, metrics, logs of validation errors with their input)
+        # off: the gateway's spans are its own (tracing.py), and no prompt leaves in a log record.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False},
     )
     app.include_router(router)
     app.include_router(management_router)

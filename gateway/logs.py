@@ -32,6 +32,10 @@ from gateway.upstream.redact import Secrets
 
 log = structlog.get_logger()
 
+# True when the level is `debug` (set once by `configure_logging`): the stage events are behind
+# `if logs.DEBUG:`, so at `info` they cost one attribute lookup and build nothing.
+DEBUG = False
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _NUMBERS = {int, float, bool, type(None)}
 _SERVER_LOGGER = "_granian"  # Granian's stdlib logger (its handlers are set up before the app)
@@ -46,6 +50,8 @@ def configure_logging(log_format: str, level: str, secrets: Callable[[], Secrets
 
     `secrets` gives the secrets in force (they change with a reload): every line is scrubbed of them.
     """
+    global DEBUG
+    DEBUG = level == "debug"
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     processors: list[Any] = [structlog.contextvars.merge_contextvars]
     if use_json:
@@ -152,11 +158,27 @@ class RedactingFilter(logging.Filter):
 
 
 class RequestRecord:
-    """What the summary line of one request says; filled in as the request goes."""
+    """What the summary line of one request says; filled in as the request goes.
+
+    It is the one source of a request's stage times (the log line, the spans of `gateway.otel`,
+    and whatever else reads the request at its end). The marks are `time.perf_counter_ns()`
+    instants, 0 until reached, each set once where its stage ends:
+
+        started        the front layer took the request (front.py)
+        validated      the body was read and validated, routing begins (context.route)
+        translated     routed, and the first attempt's upstream request built (exchange.py)
+        answered       the upstream's first byte (a stream) or whole answer (JSON) of the attempt
+                       that served the request (exchange.py)
+        streamed       the response's last byte was handed to the server (streaming.py; streams only)
+
+    `attempt_ns` holds each upstream attempt's wait (call to first byte, answer or failure), in
+    order. `fields()` turns them into the summary line's milliseconds (see `stage_fields`).
+    """
 
     __slots__ = (
         "request_id", "method", "path", "started", "status", "model", "upstream", "upstream_model",
         "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error",
+        "validated", "translated", "answered", "streamed", "attempt_ns", "done_reason", "span",
     )
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
@@ -174,6 +196,13 @@ class RequestRecord:
         self.completion_tokens: int | None = None
         self.outcome = "ok"
         self.error: str | None = None
+        self.validated = 0
+        self.translated = 0
+        self.answered = 0
+        self.streamed = 0
+        self.attempt_ns: list[int] | None = None
+        self.done_reason: str | None = None
+        self.span: Any = None  # the request's server span (gateway.otel), None without tracing
 
     def tokens(self, prompt: int, completion: int) -> None:
         self.prompt_tokens = prompt
@@ -182,6 +211,23 @@ class RequestRecord:
     def fail(self, error: Exception, *, after_first_byte: bool = False) -> None:
         self.outcome = "error_after_first_byte" if after_first_byte else "error"
         self.error = getattr(error, "message", None) or type(error).__name__
+
+    def attempted(self, began: int) -> int:
+        """One upstream attempt, called at `began`, is over (answered or failed): its wait in ns."""
+        now = time.perf_counter_ns()
+        waits = self.attempt_ns
+        if waits is None:
+            waits = self.attempt_ns = []
+        waits.append(now - began)
+        return now
+
+    def stage(self) -> str:
+        """The stage the request was in last: body, route, upstream or stream."""
+        if self.answered:
+            return "stream"
+        if self.translated:
+            return "upstream"
+        return "route" if self.validated else "body"
 
     def fields(self) -> dict[str, Any]:
         now = time.perf_counter_ns()
@@ -200,7 +246,42 @@ class RequestRecord:
                 fields[name] = value
         if self.chunks:
             fields["chunks"] = self.chunks
+        if self.validated:
+            self.stage_fields(fields, now)
         return fields
+
+    def stage_fields(self, fields: dict[str, Any], now: int) -> None:
+        """The stage times of a request that got past its body (an endpoint with a model).
+
+            body_ms        reading and validating the body (from the front layer's start)
+            route_ms       routing and translating the request for the upstream
+            upstream_ms    from the first upstream call to the answer that served: every
+                           attempt, and the waits and fallbacks between them
+            stream_ms      writing the response: the stream to its end, or the JSON body
+            attempts, upstream_attempts_ms   how many upstream calls, and each one's wait (call
+                           to first byte, whole answer, or failure)
+            gateway_ms     the gateway's own share: the total less the upstream attempts' waits
+                           and, for a stream, less the stream (paced by the upstream's tokens)
+
+        A stage ends where the next one begins, and the last one reached ends now: body_ms +
+        route_ms + upstream_ms + stream_ms is duration_ms, to rounding. Stages not reached are left
+        out (a 404 model has body_ms and route_ms only).
+        """
+        marks = (("body_ms", self.started), ("route_ms", self.validated), ("upstream_ms", self.translated),
+                 ("stream_ms", self.answered))
+        reached = [(name, mark) for name, mark in marks if mark]
+        ends = [mark for _, mark in reached[1:]] + [now]
+        for (name, mark), end in zip(reached, ends):
+            fields[name] = round((end - mark) / 1e6, 3)
+        waited = 0
+        waits = self.attempt_ns
+        if waits:
+            waited = sum(waits)
+            fields["attempts"] = len(waits)
+            fields["upstream_attempts_ms"] = [round(wait / 1e6, 3) for wait in waits]
+        if self.streamed and self.answered:
+            waited += now - self.answered
+        fields["gateway_ms"] = round((now - self.started - waited) / 1e6, 3)
 
 
 class ContentLogMiddleware:

@@ -12,9 +12,13 @@ nothing of it is passed through signatures below the handler but what a layer ne
 
 from __future__ import annotations
 
+import time
+
+import structlog
 from starlette.requests import Request
 from starlette.types import Scope
 
+from gateway import logs
 from gateway.errors import ModelForbidden, ModelNotFound
 from gateway.logs import RequestRecord
 from gateway.routing.keys import Grant
@@ -24,6 +28,8 @@ from gateway.translators.clock import RequestClock
 from gateway.upstream.exchange import Exchange
 
 CONTEXT_KEY = "gateway.context"
+
+log = structlog.get_logger()
 
 
 class RequestContext:
@@ -36,9 +42,16 @@ class RequestContext:
         self.grant: Grant | None = None
 
     def route(self, name: str, shown_name: str | None = None) -> Target:
-        """The target serving `name` on this request's map: 404 if none, 403 if its key may not."""
+        """The target serving `name` on this request's map: 404 if none, 403 if its key may not.
+
+        Called once the body is validated: the end of the request's body stage (`validated`).
+        """
         record = self.record
+        if not record.validated:
+            record.validated = time.perf_counter_ns()
         record.model = name
+        if logs.DEBUG:
+            log.debug("validated", endpoint=record.path, model=name)
         target = self.state.route_map.resolve(name)
         if target is None:
             raise ModelNotFound(shown_name if shown_name is not None else name)
@@ -47,6 +60,8 @@ class RequestContext:
             raise ModelForbidden(name)
         record.upstream = target.upstream_name
         record.upstream_model = target.upstream_model
+        if logs.DEBUG:
+            log.debug("routed", route=target.route.name, upstream=target.upstream_name, upstream_model=target.upstream_model)
         return target
 
     def exchange(self) -> Exchange:

@@ -15,6 +15,9 @@ In order, for each request, with its headers read once:
                              called straight, without FastAPI's routing, exception middleware and
                              request handler; every other request goes to the FastAPI app
 
+With `--log-level debug` a request that did not end well also leaves a `failed` event (the
+stage it was in, why); with tracing on (tracing.py) its server span starts and ends here.
+
 An exception no handler caught is answered with Ollama's JSON 500 and logged as one
 `unhandled_exception` line (type, message, where), not a traceback per request. Nothing here runs
 per streamed chunk but the send wrapper's two comparisons.
@@ -34,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import logs, tracing
 from gateway.errors import GatewayError, error_response
 from gateway.http.auth import bearer_value, is_open, unauthorized
 from gateway.http.context import CONTEXT_KEY, RequestContext
@@ -106,6 +110,9 @@ class Front:
                 request_id = _usable_request_id(value)
         request_id = request_id or token_source.token_hex(8)
         record = RequestRecord(request_id, scope["method"], scope["path"])
+        tracer = tracing.TRACER
+        if tracer is not None:
+            record.span = tracer.start_request(scope, record)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         added = [(_REQUEST_ID_HEADER, request_id.encode("latin-1"))]
 
@@ -136,7 +143,12 @@ class Front:
         finally:
             if record.status >= 500 and record.outcome == "ok":
                 record.outcome = "error"
-            log.info("request", **record.fields())
+            if logs.DEBUG and record.outcome != "ok":
+                log.debug("failed", where=record.stage(), why=record.error or record.outcome, status=record.status)
+            fields = record.fields()
+            if tracer is not None:
+                tracer.end_request(record, fields)
+            log.info("request", **fields)
             structlog.contextvars.unbind_contextvars("request_id")
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, authorization: bytes | None) -> None:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import time
 
 import anyio
+import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway import logs
 from gateway.errors import GatewayError
 from gateway.http.guard import GUARD_SCOPE_KEY
 from gateway.upstream.exchange import OpenedStream
 
 _now = time.monotonic
+log = structlog.get_logger()
 
 
 class StreamedResponse(Response):
@@ -55,3 +58,9 @@ class StreamedResponse(Response):
         finally:
             with anyio.CancelScope(shield=True):
                 await rest.aclose()
+            record = self._stream.record
+            record.streamed = time.perf_counter_ns()  # the end of the stream stage, however it ended
+        if logs.DEBUG and record.outcome == "ok":  # a failure is the front layer's `failed` event
+            log.debug("stream_finished", chunks=record.chunks, prompt_tokens=record.prompt_tokens,
+                      completion_tokens=record.completion_tokens, done_reason=record.done_reason,
+                      ms=round((record.streamed - record.answered) / 1e6, 3))

@@ -218,6 +218,10 @@ class Relay:
         return self._origin.secrets
 
     @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
     def content_type(self) -> str:
         return self._secrets.scrub(self._response.headers.get("content-type", "application/json"))
 

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from gateway import __version__
+from gateway import __version__, tracing
 from gateway.errors import UpstreamUnavailable
 from gateway.routing.resolver import RouteMap, Target
 from gateway.routing.schema import UpstreamConfig
@@ -78,14 +78,16 @@ class UpstreamClient:
         return session
 
     def request_headers(self) -> Mapping[str, str]:
-        """The headers of one call: the static ones, or with the client's key (`pass_client_key`)."""
-        if self.config.pass_client_key:
-            key = CLIENT_KEY.get()
-            if key:
-                return {**self.headers, "Authorization": f"Bearer {key}"}
-        if self._missing_key is not None:
+        """The headers of one call: the static ones, or with the client's key (`pass_client_key`);
+        with tracing on, the attempt's `traceparent` (`tracing.CARRIED`) too."""
+        headers: Mapping[str, str] = self.headers
+        if self.config.pass_client_key and (key := CLIENT_KEY.get()):
+            headers = {**headers, "Authorization": f"Bearer {key}"}
+        elif self._missing_key is not None:
             raise self._missing_key
-        return self.headers
+        if tracing.TRACER is not None and (carried := tracing.CARRIED.get()):
+            headers = {**headers, **carried}
+        return headers
 
     async def aclose(self) -> None:
         if self._session is not None:

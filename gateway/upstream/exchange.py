@@ -23,13 +23,16 @@ Each upstream request holds a slot of the worker's limiter until its answer is c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextvars import Token
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import structlog
 from tenacity import RetryCallState
 
+from gateway import logs, tracing
 from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout, error_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
@@ -80,12 +83,13 @@ NDJSON_FRAMING = NDJSON()
 class OpenedStream:
     """A stream past its first chunk: `first`, then `rest` (which ends with an error chunk, if any)."""
 
-    __slots__ = ("first", "rest", "framing")
+    __slots__ = ("first", "rest", "framing", "record")
 
-    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], framing: Framing) -> None:
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], framing: Framing, record: RequestRecord) -> None:
         self.first = first
         self.rest = rest
         self.framing = framing
+        self.record = record
 
     @property
     def media_type(self) -> str:
@@ -136,7 +140,7 @@ async def open_stream(
     except BaseException:
         await chunks.aclose()
         raise
-    return OpenedStream(first, _after_first(chunks, framing, record, secrets, deadline, on_deadline), framing)
+    return OpenedStream(first, _after_first(chunks, framing, record, secrets, deadline, on_deadline), framing, record)
 
 
 async def _after_first(
@@ -167,25 +171,89 @@ async def _after_first(
 
 
 class Exchange:
-    """The attempts of one request: on the primary target, then as `failover` says."""
+    """The attempts of one request: on the primary target, then as `failover` says.
 
-    __slots__ = ("clients", "route_map", "record")
+    Each attempt is timed on the request's record (`RequestRecord.attempted`): from `calling`,
+    which the call says right before it sends (its request translated), to its first byte,
+    answer or failure. With tracing on, each attempt is a client span, and its trace headers go
+    with the call (`tracing.CARRIED`, read by `UpstreamClient.request_headers`).
+    """
+
+    __slots__ = ("clients", "route_map", "record", "_number", "_called", "_span", "_carried")
 
     def __init__(self, clients: UpstreamClients, route_map: RouteMap, record: RequestRecord) -> None:
         self.clients = clients
         self.route_map = route_map
         self.record = record
+        self._number = 0
+        self._called = 0
+        self._span: Any = None
+        self._carried: Token[Mapping[str, str] | None] | None = None
 
     async def run(self, primary: Target, call: Call[T]) -> T:
         try:
-            return await call.attempt(primary, True)  # the no-fault path: one call, nothing else
+            return await self._attempt(call, primary, True)  # the no-fault path: one call, nothing else
         except GatewayError as exc:
-            exc.message = self.clients.scrub(exc.message)  # before anything logs it
             _log_failure(primary, 1, exc)
             if failover.gives_up_at_once(exc, primary):
                 raise
             first_error = exc
         return await self._fail_over(primary, call, first_error)
+
+    def calling(self, target: Target, path: str, dropped: list[str] | None = None) -> None:
+        """Said by the call right before it sends `path` to `target`: its request is translated."""
+        record = self.record
+        self._called = now = time.perf_counter_ns()
+        if not record.translated:
+            record.translated = now
+        if logs.DEBUG:
+            log.debug("translated", upstream_path=path, options_dropped=dropped or [], attempt=self._number)
+            log.debug("upstream_called", upstream=target.upstream_name, upstream_model=target.upstream_model,
+                      attempt=self._number)
+        if record.span is not None:
+            tracer = tracing.TRACER
+            assert tracer is not None
+            self._span, carried = tracer.start_attempt(record, target, self._number)
+            self._carried = tracing.CARRIED.set(carried)
+
+    async def _attempt(self, call: Call[T], target: Target, first: bool) -> T:
+        """One attempt, timed from its call to its first byte, answer or failure."""
+        record = self.record
+        self._number += 1
+        self._called = 0
+        try:
+            result = await call.attempt(target, first)
+        except BaseException as exc:
+            error = exc if isinstance(exc, GatewayError) else None
+            if error is not None:
+                error.message = self.clients.scrub(error.message)  # before anything logs it
+            self._attempted(error, failed=True)
+            raise
+        record.answered = self._attempted(None, failed=False, result=result)
+        return result
+
+    def _attempted(self, error: GatewayError | None, *, failed: bool, result: object = None) -> int:
+        record = self.record
+        now = record.attempted(self._called or time.perf_counter_ns())
+        if self._carried is not None:
+            tracing.CARRIED.reset(self._carried)
+            self._carried = None
+        span, self._span = self._span, None
+        if span is not None:
+            tracer = tracing.TRACER
+            if tracer is not None:
+                tracer.end_attempt(span, error if failed else None)
+        if logs.DEBUG:
+            waited = round((now - (self._called or now)) / 1e6, 3)
+            if isinstance(result, OpenedStream):
+                log.debug("upstream_first_byte", attempt=self._number, ms=waited)
+            elif not failed:
+                status = result.status if isinstance(result, Relay) else 200
+                log.debug("upstream_answered", attempt=self._number, status=status, outcome="ok", ms=waited)
+            elif error is not None:
+                log.debug("upstream_answered", attempt=self._number, status=error.status_code, outcome="failed",
+                          error=error.message, ms=waited)
+        return now
 
     async def _fail_over(self, primary: Target, call: Call[T], first_error: GatewayError) -> T:
         errors: list[GatewayError] = []
@@ -205,9 +273,8 @@ class Exchange:
                             raise error
                         count += 1
                         try:
-                            result = await call.attempt(target, False)
+                            result = await self._attempt(call, target, False)
                         except GatewayError as exc:
-                            exc.message = self.clients.scrub(exc.message)
                             _log_failure(target, count, exc, fallback=position > 0)
                             raise
                         log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
@@ -277,9 +344,7 @@ class TranslatedCall(Generic[RequestT]):
     async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream:
         translator = self.translator if first else self._fresh(target)
         body = _dumps(translator.upstream_body())
-        dropped = getattr(translator, "dropped_options", None)
-        if dropped:
-            log.debug("options_dropped", options=dropped, upstream=target.upstream_name)
+        self.exchange.calling(target, translator.upstream_path, getattr(translator, "dropped_options", None))
         if first:
             self._clock.mark_upstream_called()
         if isinstance(translator, StreamingTranslator) and translator.streams:
@@ -309,7 +374,9 @@ class TranslatedCall(Generic[RequestT]):
         except TimeoutError as exc:
             raise _total_timeout(target)() from exc
         reply = _dumps(translator.from_response(answer))
-        exchange.record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        record = exchange.record
+        record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        record.done_reason = getattr(translator, "done_reason", None)
         return reply
 
     async def _stream(self, translator: StreamingTranslator[RequestT], target: Target, body: bytes) -> OpenedStream:
@@ -357,6 +424,7 @@ class TranslatedCall(Generic[RequestT]):
                 final = translator.finish()
                 record.chunks += len(final)
                 record.tokens(translator.prompt_tokens, translator.completion_tokens)
+                record.done_reason = getattr(translator, "done_reason", None)
                 yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
             finally:
                 events.close()
@@ -376,6 +444,7 @@ class RelayCall:
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
         content = _dumps({**self._body, "model": target.upstream_model})
+        self.exchange.calling(target, self._path)
         await clients.limiter.acquire()
         try:
             return await open_relay(
