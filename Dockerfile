@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . \
+RUN pip install ".[otel]" \
     && useradd --create-home --uid 10001 gateway
 COPY routes.yaml ./routes.yaml
 

@@ -267,20 +267,22 @@ class RequestRecord:
         route_ms + upstream_ms + stream_ms is duration_ms, to rounding. Stages not reached are left
         out (a 404 model has body_ms and route_ms only).
         """
-        marks = (("body_ms", self.started), ("route_ms", self.validated), ("upstream_ms", self.translated),
-                 ("stream_ms", self.answered))
-        reached = [(name, mark) for name, mark in marks if mark]
-        ends = [mark for _, mark in reached[1:]] + [now]
-        for (name, mark), end in zip(reached, ends):
-            fields[name] = round((end - mark) / 1e6, 3)
+        validated, translated, answered = self.validated, self.translated, self.answered
+        route_end = translated or answered or now
+        fields["body_ms"] = round((validated - self.started) / 1e6, 3)
+        fields["route_ms"] = round((route_end - validated) / 1e6, 3)
+        if translated:
+            fields["upstream_ms"] = round(((answered or now) - translated) / 1e6, 3)
+        if answered:
+            fields["stream_ms"] = round((now - answered) / 1e6, 3)
         waited = 0
         waits = self.attempt_ns
         if waits:
             waited = sum(waits)
             fields["attempts"] = len(waits)
             fields["upstream_attempts_ms"] = [round(wait / 1e6, 3) for wait in waits]
-        if self.streamed and self.answered:
-            waited += now - self.answered
+        if self.streamed and answered:
+            waited += now - answered
         fields["gateway_ms"] = round((now - self.started - waited) / 1e6, 3)
 
 

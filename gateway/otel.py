@@ -125,8 +125,12 @@ class Tracing:
         the trace id added to the summary line's `fields`."""
         span: Span = record.span
         end = time.perf_counter_ns()
-        context = trace.set_span_in_context(span)
         offset = self.offset
+        fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        if not span.is_recording():  # not sampled (OTEL_TRACES_SAMPLER, or the client's flags)
+            span.end(end + offset)
+            return
+        context = trace.set_span_in_context(span)
         if record.validated and record.translated:
             self.tracer.start_span("translate", context=context, start_time=record.validated + offset).end(record.translated + offset)
         if record.streamed and record.answered:
@@ -139,7 +143,6 @@ class Tracing:
         if record.status >= 500 or record.outcome in _FAILED_OUTCOMES:
             span.set_attribute("error.type", record.outcome if record.status < 500 else str(record.status))
             span.set_status(Status(StatusCode.ERROR, record.error))
-        fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
         span.end(end + offset)
 
 

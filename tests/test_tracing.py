@@ -329,3 +329,16 @@ def test_without_an_endpoint_nothing_of_the_otel_extra_is_imported(tmp_path: Pat
                             env={**environ, "GATEWAY_ROUTES": str(routes), "TEST_UPSTREAM_KEY": API_KEY})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None []"
+
+
+def test_a_trace_the_client_did_not_sample_is_carried_on_but_not_exported(
+    traced_gateway: RunningGateway, upstream: FakeUpstream, collector: Collector
+) -> None:
+    unsampled, sampled = uuid.uuid4().hex, uuid.uuid4().hex
+    response, _ = chat(traced_gateway, "tiny", stream=True, headers={"traceparent": f"00-{unsampled}-{CLIENT_SPAN}-00"})
+    assert response.status_code == 200
+    carried = upstream.last().headers["traceparent"].split("-")
+    assert (carried[1], carried[3]) == (unsampled, "00"), "the trace and its flags go on to the upstream"
+    response, _ = chat(traced_gateway, "tiny", stream=True, headers={"traceparent": f"00-{sampled}-{CLIENT_SPAN}-01"})
+    assert len(collector.trace(sampled, 4)) == 4, "a later request's spans arrived, so the batch was sent"
+    assert collector.trace(unsampled, 1, seconds=0.5) == []
