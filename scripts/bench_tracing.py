@@ -10,7 +10,7 @@
 3. Spans (the otel extra): the request path's share (the server span, one attempt's span with its
    `traceparent`, the translate and stream spans at the end) with a batch processor whose
    exporter drops the batch, and the exporter's share (OTLP protobuf encoding of the same four
-   spans), which runs on the SDK's export thread.
+   spans), which runs on the SDK's export thread; and a request the sampler leaves out.
 """
 
 from __future__ import annotations
@@ -67,12 +67,13 @@ def guards() -> None:
             raise AssertionError
 
 
-def spans() -> tuple[float, float] | None:
+def spans() -> tuple[float, float, float] | None:
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
     except ImportError:
         return None
     from gateway.otel import Tracing
@@ -89,12 +90,13 @@ def spans() -> tuple[float, float] | None:
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(BatchSpanProcessor(Dropping()))
     tracing = Tracing(provider)
+    unsampled = Tracing(TracerProvider(sampler=ALWAYS_OFF))
     route_map = load_route_map("bench.yaml", text="upstreams:\n  fake: {base_url: 'http://127.0.0.1:8000/v1'}\nmodels:\n  - {name: tiny, upstream: fake, model: up-model}\n")
     target = route_map.resolve("tiny")
     assert target is not None
     scope = {"headers": [(b"host", b"127.0.0.1"), (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]}
 
-    def one_request() -> None:
+    def one_request(tracing: Tracing, scope: dict[str, Any]) -> None:
         record = marked_record()
         record.span = tracing.start_request(scope, record)
         span, _ = tracing.start_attempt(record, target, 1)
@@ -102,12 +104,14 @@ def spans() -> tuple[float, float] | None:
         fields = record.fields()
         tracing.end_request(record, fields)
 
-    path = per_call(one_request, 5_000) - per_call(lambda: marked_record().fields(), 5_000)
+    bare = per_call(lambda: marked_record().fields(), 5_000)
+    path = per_call(lambda: one_request(tracing, scope), 5_000) - bare
+    skipped = per_call(lambda: one_request(unsampled, {"headers": []}), 5_000) - bare
     provider.force_flush()
     assert len(kept) == 4, kept
     encode = per_call(lambda: encode_spans(kept).SerializeToString(), 5_000)
     provider.shutdown()
-    return path, encode
+    return path, encode, skipped
 
 
 def main() -> None:
@@ -120,9 +124,10 @@ def main() -> None:
     if measured is None:
         print("spans: the otel extra is not installed")
         return
-    path, encode = measured
+    path, encode, skipped = measured
     print(f"spans, on the request path:   {path:6.1f} µs per request (4 spans, attributes, traceparent)")
     print(f"spans, OTLP encoding:         {encode:6.1f} µs per request (export thread)")
+    print(f"spans on, request not sampled:{skipped:6.1f} µs per request (the sampler said no: traceparent only)")
 
 
 if __name__ == "__main__":
