@@ -342,3 +342,19 @@ def test_a_trace_the_client_did_not_sample_is_carried_on_but_not_exported(
     response, _ = chat(traced_gateway, "tiny", stream=True, headers={"traceparent": f"00-{sampled}-{CLIENT_SPAN}-01"})
     assert len(collector.trace(sampled, 4)) == 4, "a later request's spans arrived, so the batch was sent"
     assert collector.trace(unsampled, 1, seconds=0.5) == []
+
+
+def test_an_endpoint_without_the_extra_warns_and_serves_without_spans(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(f"http://127.0.0.1:{closed_port()}/v1"))
+    # The extra hidden from this process: `find_spec` answers None for a module set to None.
+    script = ("import sys; sys.modules['opentelemetry.sdk'] = None; from gateway.app import create_app; "
+              "from gateway import tracing; create_app(); print(tracing.TRACER, 'gateway.otel' in sys.modules)")
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**environ, "GATEWAY_ROUTES": str(routes), "TEST_UPSTREAM_KEY": API_KEY,
+                                 "GATEWAY_LOG_FORMAT": "json", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None False"
+    warning = json.loads(next(line for line in result.stderr.splitlines() if "tracing_unavailable" in line))
+    assert warning["level"] == "warning" and "ollama-gateway[otel]" in warning["reason"]
