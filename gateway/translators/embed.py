@@ -78,8 +78,12 @@ def _is_context_error(message: str) -> bool:
 
 
 def unit_vector(vector: list[float]) -> list[float]:
-    """L2-normalize, as Ollama's /api/embed always returns unit vectors."""
-    norm = math.sqrt(math.fsum(value * value for value in vector))
+    """L2-normalize, as Ollama's /api/embed always returns unit vectors.
+
+    No Python-level loop per float: `math.hypot` takes the norm in C, and the scaling maps a
+    bound float method over the list (most providers send unit vectors already: returned as is).
+    """
+    norm = math.hypot(*vector)
     if norm == 0.0 or abs(norm - 1.0) < 1e-9:
         return vector
-    return [value / norm for value in vector]
+    return list(map((1.0 / norm).__mul__, vector))
