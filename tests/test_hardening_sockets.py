@@ -322,8 +322,12 @@ def test_a_body_trickled_too_slowly_gets_408_while_others_are_served(launch: Cal
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), answer
         assert json.loads(body) == {"error": "request body not received in time (limit 1 s)"}
     assert len(upstream.received) == 1  # only the client that sent its body whole
-    lines = [json.loads(line) for line in running.log_text().splitlines() if '"status":408' in line]
-    assert len(lines) == count and all(line["error"].startswith("request body not received") for line in lines)
+
+    def logged() -> list[dict[str, object]]:  # each summary line is written just after its answer
+        return [json.loads(line) for line in running.log_text().splitlines() if '"status":408' in line]
+
+    assert wait_for(lambda: len(logged()) == count), len(logged())
+    assert all(str(line["error"]).startswith("request body not received") for line in logged())
 
 
 def test_a_client_that_stops_reading_a_stream_is_cut_off_and_frees_the_upstream(
