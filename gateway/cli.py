@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -13,7 +14,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.http.hosts import allowed_hosts
-from gateway.master import forward_sighup
 from gateway.routing.loader import RouteMapError, load_route_map
 from gateway.routing.names import strip_latest, tagged
 from gateway.routing.resolver import RouteMap
@@ -131,11 +131,8 @@ def serve(settings: Settings) -> int:
     serving; one that dies again within about five seconds of its respawn ends the gateway
     (Granian's crash-loop guard: a worker that cannot start at all).
     """
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP1Settings
-    from granian.log import LogLevels
+    from gateway.listener import files_needed, raise_open_file_limit
 
-    from gateway.listener import GatewayServer, files_needed, raise_open_file_limit
 
     try:
         route_map = load_route_map(settings.routes)
@@ -151,23 +148,23 @@ def serve(settings: Settings) -> int:
     options: dict[str, Any] = {
         "address": host,
         "port": port,
-        "interface": Interfaces.ASGI,
+        "interface": "asgi",
         "workers": settings.workers,
         "factory": True,
-        "loop": Loops.uvloop,
-        "http": HTTPModes.http1,
+        "loop": "uvloop",
+        "http": "1",
         "log_access": False,
-        "log_level": LogLevels(settings.log_level),
-        "http1_settings": HTTP1Settings(
-            max_buffer_size=settings.max_header_bytes, header_read_timeout=math.ceil(settings.header_timeout * 1000)
-        ),
+        "log_level": settings.log_level,
+        "http1_settings": {
+            "max_buffer_size": settings.max_header_bytes, "header_read_timeout": math.ceil(settings.header_timeout * 1000),
+        },
         "backlog": settings.backlog,
         "backpressure": settings.max_connections,
         "respawn_failed_workers": True,
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    server = GatewayServer("gateway.app:create_app", tcp_keepalive=settings.tcp_keepalive, **options)
-    # SIGHUP reloads routes.yaml in every worker instead of respawning them (reload.py).
-    server.on_startup(forward_sighup)
-    server.serve()
-    return 0
+    plan = {"target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options}
+    # The master that stays resident starts afresh, importing only what it runs (master.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gateway.master", json.dumps(plan)])

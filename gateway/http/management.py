@@ -166,7 +166,7 @@ def _validate(model: type[BodyT], raw: dict[str, Any]) -> BodyT:
 
 
 def _resolve(context: RequestContext, name: str) -> Target | None:
-    """The route for `name`, or None; a model the request's key may not use is a 403 (auth.py)."""
+    """The route for `name`, or None; a model the request's key may not use is a 403 (context.py)."""
     try:
         return context.route(name)
     except ModelNotFound:
