@@ -14,25 +14,20 @@ After it, a failure becomes one last chunk in the stream's own framing (`Framing
 an NDJSON `{"error": ...}` line, an SSE error event) and the stream ends; never a `done` chunk.
 
 Deadlines per attempt (routes.yaml): `first_token_timeout` abandons an attempt whose first chunk
-has not come (and falls back), `total_timeout` bounds the whole request, stream included. Every
-failed attempt is logged (`upstream_attempt`, with its target and outcome), and so is the
-success that follows one; a request answered at the first try is only in its summary line.
-Each upstream request holds a slot of the worker's limiter until its answer is closed.
+has not come (and falls back), `total_timeout` bounds the whole request, stream included. Each
+attempt is timed, logged and traced by attempts.py (a failed one always logged, and the success
+after one). An upstream request holds a slot of the worker's limiter until its answer is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, Callable, Mapping
-from contextvars import Token
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import structlog
-from tenacity import RetryCallState
 
-from gateway import logs, tracing
 from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout, error_body
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
@@ -40,6 +35,7 @@ from gateway.routing.resolver import RouteMap, Target
 from gateway.translators.base import StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
 from gateway.upstream import failover
+from gateway.upstream.attempts import Attempts, log_failure, log_wait
 from gateway.upstream.calls import Relay, open_events, open_relay, post_json
 from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.faults import fault
@@ -100,10 +96,7 @@ class OpenedStream:
 
 
 async def open_stream(
-    chunks: AsyncGenerator[bytes, None],
-    framing: Framing,
-    record: RequestRecord,
-    secrets: Secrets,
+    chunks: AsyncGenerator[bytes, None], framing: Framing, record: RequestRecord, secrets: Secrets,
     *,
     first_within: float | None = None,
     on_first_timeout: Callable[[], GatewayError] | None = None,
@@ -171,89 +164,42 @@ async def _after_first(
 
 
 class Exchange:
-    """The attempts of one request: on the primary target, then as `failover` says.
+    """The attempts of one request: on the primary target, then as `failover` says; each one
+    timed, logged and traced by `attempts.Attempts`."""
 
-    Each attempt is timed on the request's record (`RequestRecord.attempted`): from `calling`,
-    which the call says right before it sends (its request translated), to its first byte,
-    answer or failure. With tracing on, each attempt is a client span, and its trace headers go
-    with the call (`tracing.CARRIED`, read by `UpstreamClient.request_headers`).
-    """
-
-    __slots__ = ("clients", "route_map", "record", "_number", "_called", "_span", "_carried")
+    __slots__ = ("clients", "route_map", "record", "attempts")
 
     def __init__(self, clients: UpstreamClients, route_map: RouteMap, record: RequestRecord) -> None:
         self.clients = clients
         self.route_map = route_map
         self.record = record
-        self._number = 0
-        self._called = 0
-        self._span: Any = None
-        self._carried: Token[Mapping[str, str] | None] | None = None
+        self.attempts = Attempts(record)
 
     async def run(self, primary: Target, call: Call[T]) -> T:
         try:
             return await self._attempt(call, primary, True)  # the no-fault path: one call, nothing else
         except GatewayError as exc:
-            _log_failure(primary, 1, exc)
+            log_failure(primary, 1, exc)
             if failover.gives_up_at_once(exc, primary):
                 raise
             first_error = exc
         return await self._fail_over(primary, call, first_error)
 
-    def calling(self, target: Target, path: str, dropped: list[str] | None = None) -> None:
-        """Said by the call right before it sends `path` to `target`: its request is translated."""
-        record = self.record
-        self._called = now = time.perf_counter_ns()
-        if not record.translated:
-            record.translated = now
-        if logs.DEBUG:
-            log.debug("translated", upstream_path=path, options_dropped=dropped or [], attempt=self._number)
-            log.debug("upstream_called", upstream=target.upstream_name, upstream_model=target.upstream_model,
-                      attempt=self._number)
-        if record.span is not None:
-            tracer = tracing.TRACER
-            assert tracer is not None
-            self._span, carried = tracer.start_attempt(record, target, self._number)
-            self._carried = tracing.CARRIED.set(carried)
-
     async def _attempt(self, call: Call[T], target: Target, first: bool) -> T:
         """One attempt, timed from its call to its first byte, answer or failure."""
-        record = self.record
-        self._number += 1
-        self._called = 0
+        attempts = self.attempts
+        attempts.begin()
         try:
             result = await call.attempt(target, first)
         except BaseException as exc:
             error = exc if isinstance(exc, GatewayError) else None
             if error is not None:
                 error.message = self.clients.scrub(error.message)  # before anything logs it
-            self._attempted(error, failed=True)
+            attempts.ended(error, failed=True)
             raise
-        record.answered = self._attempted(None, failed=False, result=result)
+        status = result.status if isinstance(result, Relay) else 200
+        self.record.answered = attempts.ended(None, failed=False, streamed=isinstance(result, OpenedStream), status=status)
         return result
-
-    def _attempted(self, error: GatewayError | None, *, failed: bool, result: object = None) -> int:
-        record = self.record
-        now = record.attempted(self._called or time.perf_counter_ns())
-        if self._carried is not None:
-            tracing.CARRIED.reset(self._carried)
-            self._carried = None
-        span, self._span = self._span, None
-        if span is not None:
-            tracer = tracing.TRACER
-            if tracer is not None:
-                tracer.end_attempt(span, error if failed else None)
-        if logs.DEBUG:
-            waited = round((now - (self._called or now)) / 1e6, 3)
-            if isinstance(result, OpenedStream):
-                log.debug("upstream_first_byte", attempt=self._number, ms=waited)
-            elif not failed:
-                status = result.status if isinstance(result, Relay) else 200
-                log.debug("upstream_answered", attempt=self._number, status=status, outcome="ok", ms=waited)
-            elif error is not None:
-                log.debug("upstream_answered", attempt=self._number, status=error.status_code, outcome="failed",
-                          error=error.message, ms=waited)
-        return now
 
     async def _fail_over(self, primary: Target, call: Call[T], first_error: GatewayError) -> T:
         errors: list[GatewayError] = []
@@ -264,7 +210,7 @@ class Exchange:
                 self.record.upstream_model = target.upstream_model
             count = 1 if pending is not None else 0
             try:
-                async for state in failover.retrying(target, _log_wait(target)):
+                async for state in failover.retrying(target, log_wait(target)):
                     with state:
                         if pending is not None:
                             # The primary's first try already failed (in `run`): let tenacity
@@ -275,7 +221,7 @@ class Exchange:
                         try:
                             result = await self._attempt(call, target, False)
                         except GatewayError as exc:
-                            _log_failure(target, count, exc, fallback=position > 0)
+                            log_failure(target, count, exc, fallback=position > 0)
                             raise
                         log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
                                  attempt=count, fallback=position > 0, outcome="ok")
@@ -285,22 +231,6 @@ class Exchange:
                     raise
                 errors.append(exc)
         raise failover.final_error(errors)
-
-
-def _log_failure(target: Target, attempt: int, exc: GatewayError, fallback: bool = False) -> None:
-    log.warning(
-        "upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model, attempt=attempt,
-        fallback=fallback, outcome="failed", status=exc.status_code, error=exc.message,
-        then={"retry": "retry", "next": "fall back", "stop": "give up"}[exc.verdict],
-    )
-
-
-def _log_wait(target: Target) -> Callable[[RetryCallState], None]:
-    def logged(state: RetryCallState) -> None:
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.info("upstream_retry", upstream=target.upstream_name, upstream_model=target.upstream_model, wait_s=round(wait, 3))
-
-    return logged
 
 
 def _total_timeout(target: Target) -> Callable[[], UpstreamTimeout]:
@@ -344,7 +274,7 @@ class TranslatedCall(Generic[RequestT]):
     async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream:
         translator = self.translator if first else self._fresh(target)
         body = _dumps(translator.upstream_body())
-        self.exchange.calling(target, translator.upstream_path, getattr(translator, "dropped_options", None))
+        self.exchange.attempts.calling(target, translator.upstream_path, getattr(translator, "dropped_options", None))
         if first:
             self._clock.mark_upstream_called()
         if isinstance(translator, StreamingTranslator) and translator.streams:
@@ -444,7 +374,7 @@ class RelayCall:
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
         content = _dumps({**self._body, "model": target.upstream_model})
-        self.exchange.calling(target, self._path)
+        self.exchange.attempts.calling(target, self._path)
         await clients.limiter.acquire()
         try:
             return await open_relay(
