@@ -102,6 +102,8 @@ class Front:
                 origin = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key" and authorization is None:  # Anthropic's clients
+                authorization = b"Bearer " + value
             elif name == _REQUEST_ID_HEADER:
                 request_id = _usable_request_id(value)
         request_id = request_id or token_source.token_hex(8)
@@ -149,7 +151,7 @@ class Front:
             if not is_open(scope["method"], scope["path"]):
                 context.grant = state.auth.check(authorization)
                 if context.grant is None:
-                    await unauthorized(send)
+                    await unauthorized(send, scope["path"])
                     return
         elif snapshot.passes_client_key:
             key_token = CLIENT_KEY.set(bearer_value(authorization))

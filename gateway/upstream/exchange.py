@@ -3,8 +3,9 @@ first-byte rule.
 
     Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
                                         says: the same target again, then each fallback
-    TranslatedCall                      a translator's request: one JSON answer, or its NDJSON
-                                        stream opened up to the first line
+    TranslatedCall                      a translator's request: one JSON answer, or its stream
+                                        (NDJSON, or the translator's own `framing`: the Anthropic
+                                        Messages events) opened up to the first chunk
     RelayCall                           `/v1`: the body with the target's model id, the answer as is
     open_stream(chunks, framing, ...)   the first-byte rule, the one place it is written
 
@@ -34,7 +35,7 @@ from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
 from gateway.routing.resolver import RouteMap, Target
-from gateway.translators.base import StreamingTranslator, Translator
+from gateway.translators.base import ChunkFraming, StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
 from gateway.upstream import failover
 from gateway.upstream.calls import Relay, open_events, open_relay, post_json
@@ -316,8 +317,10 @@ class TranslatedCall(Generic[RequestT]):
         upstream = target.upstream
         total = upstream.total_timeout
         exchange = self.exchange
+        framing = translator.framing
+        chunks = self._ndjson(translator, target, body) if framing is None else self._framed(translator, target, body, framing)
         return await open_stream(
-            self._ndjson(translator, target, body), NDJSON_FRAMING, exchange.record, exchange.clients.secrets,
+            chunks, framing or NDJSON_FRAMING, exchange.record, exchange.clients.secrets,
             first_within=upstream.first_token_timeout, on_first_timeout=_first_token_timeout(target),
             deadline=asyncio.get_running_loop().time() + total if total is not None else None,
             on_deadline=_total_timeout(target),
@@ -358,6 +361,37 @@ class TranslatedCall(Generic[RequestT]):
                 record.chunks += len(final)
                 record.tokens(translator.prompt_tokens, translator.completion_tokens)
                 yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
+            finally:
+                events.close()
+
+    async def _framed(
+        self, translator: StreamingTranslator[RequestT], target: Target, body: bytes, framing: ChunkFraming,
+    ) -> AsyncGenerator[bytes, None]:
+        """Another surface's stream (`translator.framing`): one write per upstream network read."""
+        clients = self.exchange.clients
+        record = self.exchange.record
+        async with clients.limiter.slot():
+            events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            try:
+                async for read in events.reads():
+                    chunks: list[dict[str, Any]] = []
+                    try:
+                        for event in read:
+                            chunks.extend(translator.feed(event))
+                    except GatewayError:
+                        if chunks:  # the chunks before a failure in this read are still the client's
+                            record.chunks += len(chunks)
+                            yield framing.encode(chunks)
+                        raise
+                    if chunks:
+                        record.chunks += len(chunks)
+                        yield framing.encode(chunks)
+                if not events.saw_done and not translator.saw_finish_reason:
+                    raise fault("incomplete", clients.of(target).origin)
+                final = translator.finish()
+                record.chunks += len(final)
+                record.tokens(translator.prompt_tokens, translator.completion_tokens)
+                yield framing.encode(final)
             finally:
                 events.close()
 
