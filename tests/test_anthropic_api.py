@@ -13,6 +13,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from tests.conftest import API_KEY, RunningGateway, closed_port
@@ -444,6 +445,28 @@ def test_a_dead_primary_falls_back(client: anthropic.Anthropic, upstream: FakeUp
     assert message.content[0].text == "from the fallback"  # type: ignore[union-attr]
     assert message.model == "primary"
     assert upstream.last(CHAT).json["model"] == "up-model"
+
+
+# -- what the CLIs read at start-up ---------------------------------------------------------------
+
+
+def test_both_sdks_read_the_model_list(client: anthropic.Anthropic, claude_gateway: RunningGateway) -> None:
+    tags = [entry["name"] for entry in httpx.get(claude_gateway.url + "/api/tags").json()["models"]]
+    page = client.models.list()
+    assert [model.id for model in page.data] == tags
+    assert {model.type for model in page.data} == {"model"}
+    assert page.data[0].display_name == tags[0] and page.data[0].created_at.year >= 2020
+    assert (page.has_more, page.first_id, page.last_id) == (False, tags[0], tags[-1])
+    assert client.models.retrieve("sonnet").id == "sonnet"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("ghost")
+    with openai.OpenAI(base_url=claude_gateway.url + "/v1", api_key="x", max_retries=0) as openai_client:
+        assert [model.id for model in openai_client.models.list().data] == tags
+
+
+def test_api_version_stays_above_codexs_minimum(claude_gateway: RunningGateway) -> None:
+    version = httpx.get(claude_gateway.url + "/api/version").json()["version"]
+    assert tuple(int(part) for part in version.split(".")) >= (0, 13, 4)  # Codex refuses Ollama < 0.13.4
 
 
 # -- count_tokens ---------------------------------------------------------------------------------

@@ -179,7 +179,8 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
         declared = self.target.route.capabilities
         if not declared or "thinking" in declared:  # else relaxed, as Ollama does for Claude Code
             body.update(self._reasoning())
-        schema = ((request.output_config or {}).get("format") or {}).get("schema")
+        output_format = (request.output_config or {}).get("format")
+        schema = output_format.get("schema") if isinstance(output_format, dict) else None
         if isinstance(schema, dict):
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": False}}
         if self.streams:

@@ -249,7 +249,9 @@ def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise BadRequest(f"{where}.source: Field required")
     title = block.get("title")
     prefix = f"{title}\n\n" if isinstance(title, str) and title else ""
     kind = source.get("type")
