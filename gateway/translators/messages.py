@@ -7,7 +7,8 @@
   deterministic one (same conversation, same ids: upstream prompt caches keep working).
 - Tool results are paired with their calls whether the client sent `tool_call_id`, only
   `tool_name`, or neither; unanswered calls get an empty result, orphan results become text.
-- Tool names OpenAI would reject are rewritten, and restored on the way back (`ToolNames`).
+- Tool names OpenAI would reject are rewritten, and restored on the way back (`ToolNames`); a
+  client's `tool_choice` (not Ollama's, but SDKs send it) goes up in Chat Completions' shape.
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list
             definition["description"] = function["description"]
         rebuilt.append({"type": "function", "function": definition})
     return rebuilt
+
+
+def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] | None:
+    """A client's `tool_choice` in Chat Completions' shape, or None for one it cannot be.
+
+    Strings `auto`, `none`, `required` (and `any`, Anthropic's word for it); a function by name
+    nested (`{"type": "function", "function": {"name"}}`) or flat (the Responses API's
+    `{"type": "function", "name"}`), its name as the upstream knows the tool.
+    """
+    if isinstance(choice, str):
+        return {"any": "required"}.get(choice, choice) if choice in ("auto", "none", "required", "any") else None
+    if not isinstance(choice, dict):
+        return None
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    if choice.get("type", "function") in ("function", "tool") and isinstance(name, str) and name:
+        return {"type": "function", "function": {"name": names.upstream(name)}}
+    return None
 
 
 def image_part(encoded: str, index: int) -> dict[str, Any]:
