@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Front:
     return Front(
         app, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
         drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content, direct=_direct_routes(),
+        root_path=settings.root_path,
     )
 
 
