@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from gateway import __version__
 from gateway.errors import GatewayError, error_response
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
-from gateway.http import anthropic_api, ollama_api, openai_api
+from gateway.http import anthropic_api, ollama_api, openai_api, responses_api
 from gateway.http.anthropic_api import anthropic_error
 from gateway.http.anthropic_api import router as anthropic_router
 from gateway.http.context import context_in
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Front:
     app.include_router(management_router)
     app.include_router(openai_router)
     app.include_router(anthropic_router)
+    app.include_router(responses_api.router)
     app.openapi = partial(gateway_openapi, app)  # type: ignore[method-assign]  # request bodies described
     app.add_exception_handler(GatewayError, ollama_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -112,7 +113,7 @@ def _direct_routes() -> dict[tuple[str, str], Direct]:
     )}
     openai = {path: Direct(handler, openai_error) for path, handler in (
         ("/v1/chat/completions", openai_api.chat_completions), ("/v1/completions", openai_api.completions),
-        ("/v1/embeddings", openai_api.embeddings),
+        ("/v1/embeddings", openai_api.embeddings), ("/v1/responses", responses_api.responses),
     )}
     anthropic = {path: Direct(handler, anthropic_error) for path, handler in (
         ("/v1/messages", anthropic_api.messages), ("/v1/messages/count_tokens", anthropic_api.count_tokens),

@@ -54,7 +54,7 @@ router = APIRouter(route_class=AnthropicRoute)
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
     context = context_of(request)
-    messages_request: MessagesRequest = validate(MessagesRequest, await read_json_object(request))
+    messages_request: MessagesRequest = validate(MessagesRequest, await read_json_object(request, zstd=True))
     _require(messages_request)
     if messages_request.max_tokens is None:
         raise BadRequest("max_tokens: Field required")
@@ -78,7 +78,7 @@ async def messages(request: Request) -> Response:
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(request: Request) -> Response:
     context = context_of(request)
-    count_request: MessagesRequest = validate(MessagesRequest, await read_json_object(request))
+    count_request: MessagesRequest = validate(MessagesRequest, await read_json_object(request, zstd=True))
     _require(count_request)
     context.route(count_request.model)
     return json_response({"input_tokens": estimate_input_tokens(count_request)})

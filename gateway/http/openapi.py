@@ -47,6 +47,7 @@ def request_models() -> dict[tuple[str, str], type[BaseModel] | dict[str, Any]]:
     """(method, path) -> the model its body is validated with (or a schema for relayed bodies)."""
     from gateway.http.management import CopyRequest, TransferRequest
     from gateway.translators.anthropic_messages import MessagesRequest
+    from gateway.translators.responses_items import ResponsesRequest
     from gateway.ollama import (
         ChatRequest,
         EmbeddingsRequest,
@@ -71,6 +72,7 @@ def request_models() -> dict[tuple[str, str], type[BaseModel] | dict[str, Any]]:
         ("post", "/v1/embeddings"): _OPENAI_BODY,
         ("post", "/v1/messages"): MessagesRequest,
         ("post", "/v1/messages/count_tokens"): MessagesRequest,
+        ("post", "/v1/responses"): ResponsesRequest,
     }
 
 

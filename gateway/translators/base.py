@@ -77,7 +77,7 @@ class StreamingTranslator(Translator[RequestT]):
 
     # None: Ollama's NDJSON, one chunk a line; otherwise the framing of another surface
     # (the Anthropic Messages events, translators/anthropic.py).
-    framing: ClassVar[ChunkFraming | None] = None
+    framing: ChunkFraming | None = None
 
     # Set by `feed` once an event carried a finish reason: a stream that ends without `[DONE]`
     # is complete only if this is true.
