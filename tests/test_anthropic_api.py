@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ def claude_gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFact
 upstreams:
   fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0}}
   dead: {{base_url: "http://127.0.0.1:{closed_port()}/v1", max_retries: 0}}
+  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", auth_header: x-api-key, messages_api: true, max_retries: 0}}
 models:
   - name: sonnet
     aliases: [{SONNET}, claude-haiku-4-5]
@@ -45,6 +47,7 @@ models:
   - {{name: tagged, upstream: fake, model: up-tagged, think_tags: true}}
   - {{name: plain, upstream: fake, model: up-plain, capabilities: [completion]}}
   - {{name: primary, upstream: dead, fallbacks: [sonnet]}}
+  - {{name: native, upstream: native, model: claude-up, fallbacks: [sonnet]}}
 """)
     running = RunningGateway(routes, folder / "gateway.log")
     yield running
@@ -510,3 +513,55 @@ auth:
             assert sdk.messages.create(model=SONNET, max_tokens=5, messages=[{"role": "user", "content": "x"}]).content
     finally:
         running.stop()
+
+
+# -- an upstream that speaks the Messages API itself -----------------------------------------------
+
+MESSAGES = "/v1/messages"
+NATIVE_ANSWER = {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-up",
+                 "content": [{"type": "text", "text": "native"}], "stop_reason": "end_turn", "stop_sequence": None,
+                 "usage": {"input_tokens": 3, "output_tokens": 1}}
+
+
+def test_a_native_upstream_gets_the_request_passed_through(client: anthropic.Anthropic, upstream: FakeUpstream) -> None:
+    upstream.enqueue(MESSAGES, Reply.json(NATIVE_ANSWER))
+    message = client.messages.create(model="native", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+                                     metadata={"user_id": "u"}, extra_query={"beta": "true"},
+                                     extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14", "X-Other": "no"})
+    assert message.id == "msg_up" and message.content[0].text == "native"  # type: ignore[union-attr]
+    received = upstream.last(MESSAGES)
+    assert received.json == {"model": "claude-up", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                             "metadata": {"user_id": "u"}}
+    assert received.query == "beta=true"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", received.headers["anthropic-version"])  # as the SDK sent it
+    assert received.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert received.headers["x-api-key"] == API_KEY  # the upstream's credential, not the client's
+    assert "X-Other" not in received.headers and "Authorization" not in received.headers
+    assert not [r for r in upstream.received if r.path == CHAT]
+
+
+def test_a_native_upstreams_stream_and_errors_are_relayed(client: anthropic.Anthropic, upstream: FakeUpstream,
+                                                          claude_gateway: RunningGateway) -> None:
+    events = [f"event: {kind}\ndata: {json.dumps(data)}\n\n" for kind, data in [
+        ("message_start", {"type": "message_start", "message": {**NATIVE_ANSWER, "content": [], "stop_reason": None}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 1}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]]
+    upstream.enqueue(MESSAGES, Reply(events=list(events), content_type="text/event-stream"))
+    response = httpx.post(claude_gateway.url + MESSAGES, json={"model": "native", "max_tokens": 5, "stream": True,
+                                                              "messages": [{"role": "user", "content": "x"}]})
+    assert response.text == "".join(events)  # byte for byte
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    upstream.enqueue(MESSAGES, Reply.json(overloaded, status=529))  # a retryable status: the fallback is translated
+    upstream.enqueue(CHAT, Reply.json(chat_completion("translated, on the fallback")))
+    message = client.messages.create(model="native", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert message.content[0].text == "translated, on the fallback"  # type: ignore[union-attr]
+    upstream.enqueue(MESSAGES, Reply.json({"type": "error", "error": {"type": "invalid_request_error",
+                                                                      "message": "prompt is too long: 300000 tokens > 200000 maximum"}}, status=400))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model="native", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.body["error"] == {  # type: ignore[index]
+        "type": "invalid_request_error", "message": "prompt is too long: 300000 tokens > 200000 maximum"}

@@ -26,9 +26,11 @@ from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
 from gateway.http.body import json_response, read_json_object, validate
 from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
-from gateway.translators.anthropic import MessagesTranslator, anthropic_status, error_object
+from gateway.routing.resolver import Target
+from gateway.translators.anthropic import AnthropicSSE, MessagesTranslator, anthropic_status, error_object
 from gateway.translators.anthropic_messages import MessagesRequest, estimate_input_tokens
-from gateway.upstream.exchange import OpenedStream, TranslatedCall
+from gateway.upstream.calls import Relay
+from gateway.upstream.exchange import OpenedStream, RelayCall, TranslatedCall
 
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
 
@@ -54,16 +56,20 @@ router = APIRouter(route_class=AnthropicRoute)
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
     context = context_of(request)
-    messages_request: MessagesRequest = validate(MessagesRequest, await read_json_object(request, zstd=True))
+    body = await read_json_object(request, zstd=True)
+    messages_request: MessagesRequest = validate(MessagesRequest, body)
     _require(messages_request)
     if messages_request.max_tokens is None:
         raise BadRequest("max_tokens: Field required")
     target = context.route(messages_request.model)
     translator = MessagesTranslator(messages_request, target, context.clock)
     translator.local_reply()  # the capability checks
-    call = TranslatedCall(context.exchange(), translator, messages_request, context.clock)
+    exchange = context.exchange()
+    passed = {name: value for name, value in request.headers.items() if name.startswith("anthropic-")}
+    call = MessagesCall(TranslatedCall(exchange, translator, messages_request, context.clock),
+                        RelayCall(exchange, body, "/messages", messages_request.model, passed, request.url.query))
     try:
-        answer = await call.exchange.run(target, call)
+        answer = await exchange.run(target, call)
     except GatewayError as exc:
         mapped = translator.map_error(exc)
         if mapped is exc:
@@ -72,7 +78,42 @@ async def messages(request: Request) -> Response:
     context.state.catalog.mark_used(target, messages_request.model, None)
     if isinstance(answer, OpenedStream):
         return StreamedResponse(answer, headers=_SSE_HEADERS)
+    if isinstance(answer, Relay):
+        return await _relayed(call.relay, answer)
     return Response(answer, media_type=JSON_MEDIA_TYPE)
+
+
+class MessagesCall:
+    """Per target: passed through to an upstream that speaks the Messages API itself (routes.yaml
+    `messages_api: true`: only `model` rewritten, `anthropic-*` headers and the query string
+    forwarded, the upstream's credential, its answer and errors relayed), else translated."""
+
+    __slots__ = ("translated", "relay")
+
+    def __init__(self, translated: TranslatedCall[MessagesRequest], relay: RelayCall) -> None:
+        self.translated = translated
+        self.relay = relay
+
+    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream | Relay:
+        if target.quirks.messages_api:
+            return await self.relay.attempt(target, first)
+        return await self.translated.attempt(target, first)
+
+
+async def _relayed(call: RelayCall, relay: Relay) -> Response:
+    if relay.is_event_stream:
+        return StreamedResponse(await call.stream(relay, _RelayedSSE(relay.content_type)), headers=_SSE_HEADERS)
+    try:
+        return Response(await relay.read(), media_type=relay.content_type)
+    finally:
+        relay.close()
+
+
+class _RelayedSSE(AnthropicSSE):
+    """A native upstream's event stream: its own content type; a failure after it began is an `error` event."""
+
+    def __init__(self, media_type: str) -> None:
+        self.media_type = media_type
 
 
 @router.post("/v1/messages/count_tokens")

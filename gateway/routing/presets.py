@@ -40,6 +40,9 @@ class Quirks:
     json_schema: bool = True
     dimensions: bool = False
     tool_result_name: bool = False
+    # The upstream speaks Anthropic's Messages API itself (`{base_url}/messages`): `/v1/messages`
+    # is passed through to it instead of translated (http/anthropic_api.py).
+    messages_api: bool = False
 
     def merged(self, overrides: dict[str, Any]) -> Quirks:
         """These quirks with every non-None value of `overrides` applied."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, GatewayError, UpstreamRelayed
 from gateway.translators.anthropic_messages import (
     MessagesRequest,
     estimate_input_tokens,
@@ -64,7 +64,10 @@ _SPLIT_OVERFLOW = re.compile(r"\((\d+) in the messages, (\d+) in the completion\
 
 
 def anthropic_status(error: GatewayError) -> tuple[int, str]:
-    """The status and Anthropic error type a GatewayError is answered with."""
+    """The status and Anthropic error type a GatewayError is answered with (a native upstream's
+    own error, `UpstreamRelayed`, keeps its status and type)."""
+    if isinstance(error, UpstreamRelayed) and isinstance(error.error.get("type"), str):
+        return error.status_code, str(error.error["type"])
     status = 529 if error.status_code == 503 else error.status_code
     kind = _ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
     return status, kind
@@ -87,9 +90,12 @@ class AnthropicSSE:
 
 
 def context_overflow(error: GatewayError) -> GatewayError | None:
-    """An upstream 400 saying the prompt does not fit, in Anthropic's words; None for any other error."""
-    if error.status_code not in (400, 413) or not _OVERFLOW.search(error.message):
+    """An upstream 400 saying the prompt does not fit, in Anthropic's words; None for any other
+    error, and for a native Messages upstream's own (relayed as it is)."""
+    if isinstance(error, UpstreamRelayed) or error.status_code not in (400, 413) or not _OVERFLOW.search(error.message):
         return None
+    if error.message.startswith(("prompt is too long", "input length and")):
+        return BadRequest(error.message)
     split, openai = _SPLIT_OVERFLOW.search(error.message), _OPENAI_OVERFLOW.search(error.message)
     if split and openai:
         return BadRequest(f"input length and `max_tokens` exceed context limit: {split[1]} + {split[2]} > {openai[1]}")

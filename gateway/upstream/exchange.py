@@ -24,7 +24,7 @@ Each upstream request holds a slot of the worker's limiter until its answer is c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -399,13 +399,16 @@ class TranslatedCall(Generic[RequestT]):
 class RelayCall:
     """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`)."""
 
-    __slots__ = ("exchange", "_body", "_path", "_name")
+    __slots__ = ("exchange", "_body", "_path", "_name", "_headers", "_query")
 
-    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str) -> None:
+    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str,
+                 headers: Mapping[str, str] | None = None, query: str = "") -> None:
         self.exchange = exchange
         self._body = body
         self._path = path
         self._name = name
+        self._headers = headers  # the client's headers passed through (`anthropic-*`), if any
+        self._query = query
 
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
@@ -413,7 +416,8 @@ class RelayCall:
         await clients.limiter.acquire()
         try:
             return await open_relay(
-                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release
+                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release,
+                headers=self._headers, query=self._query,
             )
         except BaseException:
             clients.limiter.release()
