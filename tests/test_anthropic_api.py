@@ -46,6 +46,7 @@ models:
   - {{name: router, upstream: fake, model: up-router, reasoning: openrouter}}
   - {{name: tagged, upstream: fake, model: up-tagged, think_tags: true}}
   - {{name: plain, upstream: fake, model: up-plain, capabilities: [completion]}}
+  - {{name: qwen, upstream: fake, model: up-qwen, merge_system: true}}
   - {{name: primary, upstream: dead, fallbacks: [sonnet]}}
   - {{name: native, upstream: native, model: claude-up, fallbacks: [sonnet]}}
 """)
@@ -141,6 +142,18 @@ def test_system_messages_inside_messages_are_kept_in_place(client: anthropic.Ant
     assert upstream.last(CHAT).json["messages"] == [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
         {"role": "system", "content": "Now be terse."}, {"role": "user", "content": "c"},
+    ]
+
+
+def test_late_system_messages_are_merged_for_templates_that_reject_them(client: anthropic.Anthropic, upstream: FakeUpstream) -> None:
+    client.messages.create(model="qwen", max_tokens=10, system="You are Claude Code.", messages=[
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "Available agent types: claude."},  # type: ignore[misc, list-item]
+        {"role": "user", "content": "b"},
+    ])
+    assert upstream.last(CHAT).json["messages"] == [
+        {"role": "system", "content": "You are Claude Code.\n\nAvailable agent types: claude."},
+        {"role": "user", "content": "a"}, {"role": "user", "content": "b"},
     ]
 
 

@@ -34,6 +34,7 @@ upstreams:
 models:
   - {{name: "gpt-oss:20b", upstream: fake, model: up-oss, reasoning: reasoning_effort, reasoning_input: reasoning,
       max_tokens_field: max_completion_tokens}}
+  - {{name: qwen, upstream: fake, model: up-qwen, merge_system: true}}
 """)
     running = RunningGateway(routes, folder / "gateway.log")
     yield running
@@ -248,3 +249,10 @@ def test_zstd_bodies_beyond_the_limits_are_refused(codex_gateway: RunningGateway
     chunked = wide.compressobj()
     frame = chunked.compress(json.dumps({"model": "gpt-oss:20b", "input": "y" * 1000}).encode()) + chunked.flush()
     assert httpx.post(url, content=frame, headers=headers).status_code == 400
+
+
+def test_late_developer_messages_are_merged_for_templates_that_reject_them(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    client.responses.create(model="qwen", instructions="Base.", input=[
+        {"role": "user", "content": "a"}, {"role": "developer", "content": "Also this."}, {"role": "user", "content": "b"}])
+    assert upstream.last(CHAT).json["messages"] == [
+        {"role": "system", "content": "Base.\n\nAlso this."}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]

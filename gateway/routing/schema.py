@@ -61,6 +61,7 @@ class QuirkSettings(BaseModel):
     dimensions: bool | None = None
     tool_result_name: bool | None = None
     messages_api: bool | None = None
+    merge_system: bool | None = None
 
     @field_validator("extra_options", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ are read by their `type`, so a block type this gateway does not know is dropped,
 
     system (string or blocks)      one leading `system` message, block texts joined by a blank line;
                                    Claude Code's `x-anthropic-billing-header:` block dropped (§2.6)
-    role "system" in messages      a `system` message in place
+    role "system" in messages      a `system` message in place (merged into the leading one for
+                                   upstreams with the `merge_system` quirk)
     user blocks                    every `tool_result` first, as `tool` messages in block order
                                    (`is_error` kept as an `Error: ` prefix, images moved into a
                                    user message after them); then text / image (base64 or URL) /
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from gateway.errors import BadRequest
 from gateway.ollama import ModelRequest
 from gateway.routing.presets import Quirks
-from gateway.translators.messages import ToolNames
+from gateway.translators.messages import ToolNames, merge_late_system
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 _KNOWN_TOOL_TYPES = (None, "custom")
@@ -152,7 +153,7 @@ def upstream_messages(request: MessagesRequest, quirks: Quirks, names: ToolNames
         else:
             raise BadRequest(f"messages.{index}.role: Input should be 'user' or 'assistant'")
     answer_pending()
-    return out
+    return merge_late_system(out) if quirks.merge_system else out
 
 
 def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:

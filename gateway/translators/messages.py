@@ -100,6 +100,20 @@ def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] 
     return None
 
 
+def merge_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every system message after the first other one merged into the leading
+    system message (made if there is none), in order, separated by a blank line (quirk `merge_system`)."""
+    leading = 0
+    while leading < len(messages) and messages[leading]["role"] == "system":
+        leading += 1
+    late = [m for m in messages[leading:] if m["role"] == "system"]
+    if not late:
+        return messages
+    texts = [str(m.get("content") or "") for m in (*messages[:leading], *late)]
+    merged = {"role": "system", "content": "\n\n".join(text for text in texts if text)}
+    return [merged, *(m for m in messages[leading:] if m["role"] != "system")]
+
+
 def image_part(encoded: str, index: int) -> dict[str, Any]:
     """An `image_url` part for one Ollama image; 400 for bad base64 or bytes that are no image."""
     if encoded.startswith("data:"):

@@ -34,7 +34,7 @@ from pydantic import ConfigDict, StrictBool
 from gateway.errors import BadRequest
 from gateway.ollama import ModelRequest
 from gateway.routing.presets import Quirks
-from gateway.translators.messages import ToolNames
+from gateway.translators.messages import ToolNames, merge_late_system
 
 REASONING_MARK = "gwr1:"  # the gateway's `encrypted_content`: this prefix, then the text in base64
 _MESSAGE_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -171,7 +171,7 @@ class _Walk:
                 self.dropped.append(f"input.{kind}")
         for call_id in list(self.homes):  # calls no output answered: an empty result each
             self._place({"role": "tool", "tool_call_id": call_id, "content": ""}, self.homes.pop(call_id))
-        return self.out, self.dropped
+        return merge_late_system(self.out) if self.quirks.merge_system else self.out, self.dropped
 
     def _message(self, item: dict[str, Any], where: str) -> None:
         role = _MESSAGE_ROLES.get(str(item.get("role")))
