@@ -31,10 +31,12 @@ def codex_gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFacto
     routes.write_text(f"""
 upstreams:
   fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0}}
+  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", provider: openai, max_retries: 0}}
 models:
   - {{name: "gpt-oss:20b", upstream: fake, model: up-oss, reasoning: reasoning_effort, reasoning_input: reasoning,
       max_tokens_field: max_completion_tokens}}
   - {{name: qwen, upstream: fake, model: up-qwen, merge_system: true}}
+  - {{name: native, upstream: native, model: gpt-up}}
 """)
     running = RunningGateway(routes, folder / "gateway.log")
     yield running
@@ -256,3 +258,28 @@ def test_late_developer_messages_are_merged_for_templates_that_reject_them(clien
         {"role": "user", "content": "a"}, {"role": "developer", "content": "Also this."}, {"role": "user", "content": "b"}])
     assert upstream.last(CHAT).json["messages"] == [
         {"role": "system", "content": "Base.\n\nAlso this."}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+
+
+def test_an_upstream_with_its_own_responses_api_gets_the_request_passed_through(client: openai.OpenAI, upstream: FakeUpstream,
+                                                                              codex_gateway: RunningGateway) -> None:
+    answer = {"id": "resp_up", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-up", "output": [
+        {"id": "msg_up", "type": "message", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "native", "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
+    upstream.enqueue("/v1/responses", Reply.json(answer))
+    response = client.responses.create(model="native", input="hi", store=False, extra_query={"trace": "1"},
+                                       include=["reasoning.encrypted_content"])
+    assert (response.id, response.output_text) == ("resp_up", "native")
+    received = upstream.last("/v1/responses")
+    assert received.json == {"model": "gpt-up", "input": "hi", "store": False, "include": ["reasoning.encrypted_content"]}
+    assert received.query == "trace=1"
+    assert not [r for r in upstream.received if r.path == CHAT]
+    error = {"message": "Invalid 'input': bad", "type": "invalid_request_error", "param": "input", "code": "invalid_value"}
+    upstream.enqueue("/v1/responses", Reply.json({"error": error}, status=400))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="native", input="hi")
+    assert caught.value.body == error  # relayed as the upstream said it
+    events = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n"
+    upstream.enqueue("/v1/responses", Reply(events=[events], content_type="text/event-stream"))
+    raw = httpx.post(codex_gateway.url + "/v1/responses", json={"model": "native", "input": "hi", "stream": True})
+    assert raw.text == events  # byte for byte

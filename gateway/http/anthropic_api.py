@@ -26,11 +26,10 @@ from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
 from gateway.http.body import json_response, read_json_object, validate
 from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
-from gateway.routing.resolver import Target
 from gateway.translators.anthropic import AnthropicSSE, MessagesTranslator, anthropic_status, error_object
 from gateway.translators.anthropic_messages import MessagesRequest, estimate_input_tokens
 from gateway.upstream.calls import Relay
-from gateway.upstream.exchange import OpenedStream, RelayCall, TranslatedCall
+from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall
 
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
 
@@ -66,8 +65,11 @@ async def messages(request: Request) -> Response:
     translator.local_reply()  # the capability checks
     exchange = context.exchange()
     passed = {name: value for name, value in request.headers.items() if name.startswith("anthropic-")}
-    call = MessagesCall(TranslatedCall(exchange, translator, messages_request, context.clock),
-                        RelayCall(exchange, body, "/messages", messages_request.model, passed, request.url.query))
+    # An upstream with `messages_api: true` gets the request passed through: only `model` rewritten,
+    # the query string and `anthropic-*` headers forwarded, its answer and errors relayed.
+    call = NativeOrTranslated(TranslatedCall(exchange, translator, messages_request, context.clock),
+                              RelayCall(exchange, body, "/messages", messages_request.model, passed, request.url.query),
+                              "messages_api")
     try:
         answer = await exchange.run(target, call)
     except GatewayError as exc:
@@ -81,23 +83,6 @@ async def messages(request: Request) -> Response:
     if isinstance(answer, Relay):
         return await _relayed(call.relay, answer)
     return Response(answer, media_type=JSON_MEDIA_TYPE)
-
-
-class MessagesCall:
-    """Per target: passed through to an upstream that speaks the Messages API itself (routes.yaml
-    `messages_api: true`: only `model` rewritten, `anthropic-*` headers and the query string
-    forwarded, the upstream's credential, its answer and errors relayed), else translated."""
-
-    __slots__ = ("translated", "relay")
-
-    def __init__(self, translated: TranslatedCall[MessagesRequest], relay: RelayCall) -> None:
-        self.translated = translated
-        self.relay = relay
-
-    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream | Relay:
-        if target.quirks.messages_api:
-            return await self.relay.attempt(target, first)
-        return await self.translated.attempt(target, first)
 
 
 async def _relayed(call: RelayCall, relay: Relay) -> Response:

@@ -47,6 +47,8 @@ class Quirks:
     # templates on vLLM, llama.cpp, LM Studio): such messages are merged into the leading one.
     # Claude Code sends them (agents-api.md §2.6); applied on /v1/messages and /v1/responses.
     merge_system: bool = False
+    # The upstream has its own Responses API (`{base_url}/responses`): `/v1/responses` is passed through.
+    responses_api: bool = False
 
     def merged(self, overrides: dict[str, Any]) -> Quirks:
         """These quirks with every non-None value of `overrides` applied."""
@@ -56,7 +58,8 @@ class Quirks:
 
 PRESETS: dict[str, Quirks] = {
     "generic": Quirks(),
-    "openai": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True),
+    "openai": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True,
+                     responses_api=True),
     "azure": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True),
     "openrouter": Quirks(reasoning="openrouter", reasoning_input="reasoning", extra_options=SAMPLING_EXTRAS),
     "groq": Quirks(max_tokens_field="max_completion_tokens", reasoning="groq", stop_limit=4),

@@ -62,6 +62,7 @@ class QuirkSettings(BaseModel):
     tool_result_name: bool | None = None
     messages_api: bool | None = None
     merge_system: bool | None = None
+    responses_api: bool | None = None
 
     @field_validator("extra_options", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ first-byte rule.
                                         (NDJSON, or the translator's own `framing`: the Anthropic
                                         Messages events) opened up to the first chunk
     RelayCall                           `/v1`: the body with the target's model id, the answer as is
+    NativeOrTranslated                  `/v1/messages`, `/v1/responses`: relayed to an upstream
+                                        whose quirk says it speaks that API, else translated
     open_stream(chunks, framing, ...)   the first-byte rule, the one place it is written
 
 The first-byte rule: a stream is run up to its first chunk before the response starts, so any
@@ -437,3 +439,21 @@ async def _relayed(relay: Relay, record: RequestRecord) -> AsyncGenerator[bytes,
             yield data
     finally:
         relay.close()
+
+
+class NativeOrTranslated(Generic[RequestT]):
+    """Per target: relayed to an upstream that speaks the client's API itself (the quirk named
+    `native`, e.g. `messages_api`: only `model` rewritten, its answer and errors as it sent them),
+    else translated. A fallback without the quirk gets the request translated, and vice versa."""
+
+    __slots__ = ("translated", "relay", "_native")
+
+    def __init__(self, translated: TranslatedCall[RequestT], relay: RelayCall, native: str) -> None:
+        self.translated = translated
+        self.relay = relay
+        self._native = native
+
+    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream | Relay:
+        if getattr(target.quirks, self._native):
+            return await self.relay.attempt(target, first)
+        return await self.translated.attempt(target, first)
