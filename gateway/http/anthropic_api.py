@@ -26,7 +26,8 @@ from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
 from gateway.http.body import json_response, read_json_object, validate
 from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
-from gateway.translators.anthropic import AnthropicSSE, MessagesTranslator, anthropic_status, error_object
+from gateway.translators.anthropic import MessagesTranslator
+from gateway.translators.anthropic_wire import AnthropicSSE, anthropic_status, error_object
 from gateway.translators.anthropic_messages import MessagesRequest, estimate_input_tokens
 from gateway.upstream.calls import Relay
 from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall

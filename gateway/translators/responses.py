@@ -21,26 +21,22 @@ summary text and, when `include` asks, as `encrypted_content` the gateway can re
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError, UpstreamRelayed
-from gateway.translators.anthropic import context_overflow
+from gateway.translators.anthropic_wire import context_overflow
 from gateway.translators.base import StreamingTranslator
 from gateway.translators.completion import raise_for_error_event
 from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
+from gateway.translators.responses_output import OutputItem, message_item, new_id, text_part
 from gateway.translators.responses_items import ResponsesRequest, ToolIndex, encrypted_reasoning, upstream_messages
 from gateway.translators.toolcalls import parse_arguments
 
 _EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
                                    "xhigh": "max", "max": "max"}
-
-
-def _id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
 
 
 class ResponsesSSE:
@@ -58,23 +54,6 @@ class ResponsesSSE:
         return self.encode([self._translator.failed(error)])
 
 
-class _Item:
-    """The open output item of a stream."""
-
-    __slots__ = ("kind", "id", "index", "text", "call_id", "name", "namespace", "custom", "announced")
-
-    def __init__(self, kind: str, index: int, prefix: str) -> None:
-        self.kind = kind
-        self.id = _id(prefix)
-        self.index = index
-        self.text = ""  # reasoning or message text, or a call's arguments
-        self.call_id = ""
-        self.name = ""
-        self.namespace: str | None = None
-        self.custom = False
-        self.announced = False
-
-
 class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
     request_type = ResponsesRequest
     request: ResponsesRequest
@@ -83,7 +62,7 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.framing = ResponsesSSE(self)
-        self.response_id = _id("resp_")
+        self.response_id = new_id("resp_")
         self.created_at = int(time.time())
         self.tools = ToolIndex(self.request.tools)
         self.dropped_options: list[str] = list(self.tools.dropped)
@@ -100,8 +79,8 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         self._sequence = 0
         self._started = False
         self._output: list[dict[str, Any]] = []
-        self._open: _Item | None = None
-        self._calls: dict[Any, _Item] = {}
+        self._open: OutputItem | None = None
+        self._calls: dict[Any, OutputItem] = {}
 
     @property
     def streams(self) -> bool:
@@ -165,13 +144,13 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
             reasoning += tagged_reasoning + held_reasoning if self._keep_reasoning else ""
         output: list[dict[str, Any]] = []
         if reasoning:
-            output.append(self._reasoning_item(_id("rs_"), reasoning))
+            output.append(self._reasoning_item(new_id("rs_"), reasoning))
         if text:
-            output.append(_message_item(_id("msg_"), text, "completed"))
+            output.append(message_item(new_id("msg_"), text, "completed"))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
-            item = _Item("function_call", len(output), "fc_")
-            item.call_id = call.get("id") or _id("call_")
+            item = OutputItem("function_call", len(output), "fc_")
+            item.call_id = call.get("id") or new_id("call_")
             self._name_call(item, function.get("name") or "")
             arguments = function.get("arguments")
             item.text = arguments if isinstance(arguments, str) else orjson.dumps(arguments or {}).decode()
@@ -248,7 +227,7 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         item = self._open
         if item is None or item.kind != kind:
             self._close(out)
-            item = self._open = _Item(kind, len(self._output), "rs_" if kind == "reasoning" else "msg_")
+            item = self._open = OutputItem(kind, len(self._output), "rs_" if kind == "reasoning" else "msg_")
             self._output.append({})  # its place in `output`, filled when it is done
             if kind == "reasoning":
                 out.append(self._event("response.output_item.added", output_index=item.index,
@@ -257,9 +236,9 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
                                        summary_index=0, part={"type": "summary_text", "text": ""}))
             else:
                 out.append(self._event("response.output_item.added", output_index=item.index,
-                                       item=_message_item(item.id, None, "in_progress")))
+                                       item=message_item(item.id, None, "in_progress")))
                 out.append(self._event("response.content_part.added", item_id=item.id, output_index=item.index,
-                                       content_index=0, part=_text_part("")))
+                                       content_index=0, part=text_part("")))
         item.text += text
         if kind == "reasoning":
             out.append(self._event("response.reasoning_summary_text.delta", item_id=item.id, output_index=item.index,
@@ -277,7 +256,7 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
             item = None  # a server that numbers every call 0: a new call reusing the index
         if item is None:
             self._close(out)
-            item = self._calls[key] = self._open = _Item("function_call", len(self._output), "fc_")
+            item = self._calls[key] = self._open = OutputItem("function_call", len(self._output), "fc_")
             self._output.append({})  # its place in `output`, filled when it is done
         item.call_id = item.call_id or call_id or ""
         if not item.name and function.get("name"):
@@ -294,8 +273,8 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
             out.append(self._event("response.function_call_arguments.delta", item_id=item.id, output_index=item.index,
                                    delta=fragment))
 
-    def _announce(self, out: list[dict[str, Any]], item: _Item) -> None:
-        item.call_id = item.call_id or _id("call_")
+    def _announce(self, out: list[dict[str, Any]], item: OutputItem) -> None:
+        item.call_id = item.call_id or new_id("call_")
         item.announced = True
         out.append(self._event("response.output_item.added", output_index=item.index, item=self._call_item(item, "in_progress", "")))
         if item.text and not item.custom:
@@ -313,11 +292,11 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
             out.append(self._event("response.reasoning_summary_part.done", item_id=item.id, output_index=item.index,
                                    summary_index=0, part={"type": "summary_text", "text": item.text}))
         elif item.kind == "message":
-            done = _message_item(item.id, item.text, "completed")
+            done = message_item(item.id, item.text, "completed")
             out.append(self._event("response.output_text.done", item_id=item.id, output_index=item.index, content_index=0,
                                    text=item.text, logprobs=[]))
             out.append(self._event("response.content_part.done", item_id=item.id, output_index=item.index, content_index=0,
-                                   part=_text_part(item.text)))
+                                   part=text_part(item.text)))
         else:
             if not item.announced:  # its name never came: announced now
                 self._announce(out, item)
@@ -330,11 +309,11 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
 
     # -- shared --------------------------------------------------------------------------------
 
-    def _name_call(self, item: _Item, upstream_name: str) -> None:
+    def _name_call(self, item: OutputItem, upstream_name: str) -> None:
         item.name, item.namespace = self.tools.output_name(upstream_name)
         item.custom = self.tools.is_custom(upstream_name)
 
-    def _call_item(self, item: _Item, status: str, arguments: str | None = None) -> dict[str, Any]:
+    def _call_item(self, item: OutputItem, status: str, arguments: str | None = None) -> dict[str, Any]:
         if item.custom:
             value = "" if arguments is not None else str(parse_arguments(item.name, item.text).get("input") or "")
             return {"id": item.id, "type": "custom_tool_call", "status": status, "call_id": item.call_id, "name": item.name,
@@ -391,12 +370,3 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         self.prompt_tokens, self.completion_tokens = prompt, output
         return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": output,
                 "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + output}
-
-
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [_text_part(text)]
-    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
