@@ -23,7 +23,9 @@ from starlette.responses import PlainTextResponse, Response
 from gateway import __version__, tracing
 from gateway.errors import GatewayError, error_response
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
-from gateway.http import ollama_api, openai_api
+from gateway.http import anthropic_api, ollama_api, openai_api, responses_api
+from gateway.http.anthropic_api import anthropic_error
+from gateway.http.anthropic_api import router as anthropic_router
 from gateway.http.context import context_in
 from gateway.http.front import Direct, Front, internal_error
 from gateway.http.guard import Deadlines, Drain, follow_server_signals
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Front:
     app.include_router(router)
     app.include_router(management_router)
     app.include_router(openai_router)
+    app.include_router(anthropic_router)
+    app.include_router(responses_api.router)
     app.openapi = partial(gateway_openapi, app)  # type: ignore[method-assign]  # request bodies described
     app.add_exception_handler(GatewayError, ollama_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Front:
     return Front(
         app, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
         drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content, direct=_direct_routes(),
+        root_path=settings.root_path,
     )
 
 
@@ -113,9 +118,12 @@ def _direct_routes() -> dict[tuple[str, str], Direct]:
     )}
     openai = {path: Direct(handler, openai_error) for path, handler in (
         ("/v1/chat/completions", openai_api.chat_completions), ("/v1/completions", openai_api.completions),
-        ("/v1/embeddings", openai_api.embeddings),
+        ("/v1/embeddings", openai_api.embeddings), ("/v1/responses", responses_api.responses),
     )}
-    return {("POST", path): direct for path, direct in (ollama | openai).items()}
+    anthropic = {path: Direct(handler, anthropic_error) for path, handler in (
+        ("/v1/messages", anthropic_api.messages), ("/v1/messages/count_tokens", anthropic_api.count_tokens),
+    )}
+    return {("POST", path): direct for path, direct in (ollama | openai | anthropic).items()}
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -154,6 +154,9 @@ class GenerationRequest(ModelRequest):
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+    # Not Ollama's (it ignores it), but SDKs and agent frameworks send it: forwarded upstream in
+    # Chat Completions' shape; a value of no known shape (of any JSON type) is dropped, not a 400.
+    tool_choice: Any = None
 
 
 class GenerateRequest(GenerationRequest):

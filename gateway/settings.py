@@ -8,11 +8,12 @@ existing Ollama setup keeps its address.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,6 +77,17 @@ class Settings(BaseSettings):
     tcp_keepalive: int = Field(default=60, ge=0, le=32767)
     # Log prompts and completions (one `content` line per request). For debugging; off by default.
     log_content: bool = False
+    # A path prefix the whole API is served under as well as at the root (`/ollama`), for a
+    # reverse proxy that does not strip it (http/prefix.py). A trailing slash is ignored.
+    root_path: str = ""
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_path_shape(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+", value):
+            raise ValueError(f"GATEWAY_ROOT_PATH must be a path such as /ollama, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _connections_above_upstream(self) -> Settings:
@@ -109,7 +121,7 @@ class Settings(BaseSettings):
             "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
             "shutdown_grace", "log_content", "allowed_hosts", "max_messages", "max_inputs", "max_json_items",
             "max_upstream_answer_bytes", "max_connections", "backlog", "header_timeout", "body_timeout",
-            "send_timeout", "tcp_keepalive",
+            "send_timeout", "tcp_keepalive", "root_path",
         )
         return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
 

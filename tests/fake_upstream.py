@@ -34,6 +34,7 @@ class Received:
     path: str
     headers: dict[str, str]
     json: Any
+    query: str = ""
 
 
 @dataclass
@@ -189,7 +190,7 @@ class FakeUpstream:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode(errors="replace")
-            self.received.append(Received(request.method, request.path, dict(request.headers), body))
+            self.received.append(Received(request.method, request.path, dict(request.headers), body, request.query_string))
             queue = self._replies.get(request.path)
             reply = queue.popleft() if queue else self._default(request.path, body)
             return await self._send(request, reply)

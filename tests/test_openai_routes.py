@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,12 @@ def test_models_list_names_what_api_tags_lists(client: openai.OpenAI, gateway: R
     raw = httpx.get(gateway.url + "/v1/models").json()
     assert raw["object"] == "list"
     first = raw["data"][0]
-    assert set(first) == {"id", "object", "created", "owned_by"}
+    # OpenAI's fields and Anthropic's (ModelInfo), in one body both SDKs read.
+    assert set(first) == {"id", "object", "created", "owned_by", "type", "display_name", "created_at"}
     assert first["object"] == "model" and isinstance(first["created"], int) and first["created"] > 1_600_000_000
+    assert (first["type"], first["display_name"]) == ("model", first["id"])
+    assert datetime.fromisoformat(first["created_at"]).timestamp() == first["created"]
+    assert (raw["has_more"], raw["first_id"], raw["last_id"]) == (False, tags[0], tags[-1])
 
 
 def test_model_retrieve_takes_ids_with_slash_and_colon(client: openai.OpenAI, upstream: FakeUpstream) -> None:

@@ -1,8 +1,9 @@
 """Inbound auth on the wire: the bearer token a request presents, and the 401 it gets without one.
 
 With an `auth` section in routes.yaml, every request but `GET`/`HEAD /` (Ollama's liveness
-probe) needs `Authorization: Bearer <key>` with one of its keys (`routing.keys.KeyChecker`), or
-it gets 401 `{"error": "unauthorized"}`. Without one, nothing is checked, and the client's bearer
+probe) needs `Authorization: Bearer <key>` (or `X-Api-Key: <key>`, as Anthropic clients send it)
+with one of its keys (`routing.keys.KeyChecker`), or it gets 401 `{"error": "unauthorized"}`
+(Anthropic's error shape on `/v1/messages`). Without one, nothing is checked, and the client's bearer
 token is kept in `redact.CLIENT_KEY` for the upstreams that say `pass_client_key: true`; an
 upstream never sees a client's key otherwise.
 """
@@ -12,12 +13,10 @@ from __future__ import annotations
 from starlette.types import Send
 
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+ANTHROPIC_PREFIX = "/v1/messages"
+ANTHROPIC_UNAUTHORIZED_BODY = b'{"type":"error","error":{"type":"authentication_error","message":"unauthorized"}}'
 _OPEN_PATHS = {("GET", "/"), ("HEAD", "/")}
-_UNAUTHORIZED_HEADERS = [
-    (b"content-type", b"application/json; charset=utf-8"),
-    (b"content-length", str(len(UNAUTHORIZED_BODY)).encode()),
-    (b"www-authenticate", b"Bearer"),
-]
+_UNAUTHORIZED_HEADERS = [(b"content-type", b"application/json; charset=utf-8"), (b"www-authenticate", b"Bearer")]
 
 
 def is_open(method: str, path: str) -> bool:
@@ -32,6 +31,10 @@ def bearer_value(header: bytes | None) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-async def unauthorized(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 401, "headers": _UNAUTHORIZED_HEADERS})
-    await send({"type": "http.response.body", "body": UNAUTHORIZED_BODY, "more_body": False})
+async def unauthorized(send: Send, path: str = "") -> None:
+    """The 401, in Anthropic's error shape on its surface (`/v1/messages...`), else in Ollama's."""
+    anthropic = path.startswith(ANTHROPIC_PREFIX)
+    body = ANTHROPIC_UNAUTHORIZED_BODY if anthropic else UNAUTHORIZED_BODY
+    headers = [*_UNAUTHORIZED_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

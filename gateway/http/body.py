@@ -7,26 +7,38 @@ that is empty, not JSON, not an object, too deep or too big for the caps (`upstr
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import orjson
+import zstandard
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import JSON_MEDIA_TYPE, BadRequest
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, PayloadTooLarge
 from gateway.http.context import context_of
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.upstream.limiter import check_body
+
+ZSTD_MAX_WINDOW = 8 * 1024 * 1024
+ZSTD_MAX_DECODED = 20 * 1024 * 1024
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON_MEDIA_TYPE)
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, whatever the Content-Type, within the request caps."""
+async def read_json_object(request: Request, *, zstd: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type, within the request caps.
+
+    `zstd`: a body sent with `Content-Encoding: zstd` (exactly; Codex ≥ 0.98 compresses its
+    bodies) is decoded first, within Ollama's limits: a frame window of at most 8 MiB, at most
+    20 MiB decoded (and never more than GATEWAY_MAX_BODY_BYTES). Only the agents' surfaces ask.
+    """
     raw = await request.body()
+    if zstd and request.headers.get("content-encoding") == "zstd":
+        raw = _zstd_decoded(raw, min(ZSTD_MAX_DECODED, context_of(request).state.settings.max_body_bytes))
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
@@ -37,6 +49,17 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise BadRequest("request body must be a JSON object")
     check_body(body, context_of(request).state.settings)
     return body
+
+
+def _zstd_decoded(raw: bytes, limit: int) -> bytes:
+    try:
+        with zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(io.BytesIO(raw)) as reader:
+            decoded = reader.read(limit + 1)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"failed to decompress request body: {exc}") from exc
+    if len(decoded) > limit:
+        raise PayloadTooLarge(f"request body is over {limit} bytes once decompressed")
+    return decoded
 
 
 def validate(request_type: type[ModelRequest], body: dict[str, Any]) -> Any:

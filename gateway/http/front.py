@@ -6,6 +6,7 @@ In order, for each request, with its headers read once:
                              line is written from when the response is over, disconnects included
     Host (hosts.py)          not one of ours (DNS rebinding): 403, empty body, before anything else
     CORS (cors.py)           a refused origin 403, a preflight 204; otherwise its headers added
+    path prefix              `GATEWAY_ROOT_PATH` dropped from the front of the path (prefix.py)
     trailing slash           `/api/tags/` served as `/api/tags` (slashes.py)
     the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
                              change it; the request context made (context.py)
@@ -44,6 +45,7 @@ from gateway.http.context import CONTEXT_KEY, RequestContext
 from gateway.http.cors import Cors
 from gateway.http.guard import Drain, RequestGuard
 from gateway.http.hosts import HostPolicy, refusal
+from gateway.http.prefix import without_root_path
 from gateway.http.slashes import without_trailing_slash
 from gateway.logs import ContentLogMiddleware, RequestRecord
 from gateway.routing.live import LiveGateway
@@ -67,9 +69,10 @@ class Front:
 
     def __init__(
         self, app: ASGIApp, *, live: LiveGateway, hosts: HostPolicy, cors: Cors, drain: Drain, max_body_bytes: int,
-        log_content: bool = False, direct: Mapping[tuple[str, str], Direct] | None = None,
+        log_content: bool = False, direct: Mapping[tuple[str, str], Direct] | None = None, root_path: str = "",
     ) -> None:
         self.app = app
+        self.root_path = root_path  # GATEWAY_ROOT_PATH (prefix.py); "" serves at the root only
         self.direct = dict(direct or {})
         self.live = live
         self.hosts = hosts
@@ -106,6 +109,8 @@ class Front:
                 origin = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key" and authorization is None:  # Anthropic's clients
+                authorization = b"Bearer " + value
             elif name == _REQUEST_ID_HEADER:
                 request_id = _usable_request_id(value)
         request_id = request_id or token_source.token_hex(8)
@@ -134,7 +139,8 @@ class Front:
                 await _answer(send_with_id, status, [*cors_headers, *_EMPTY])
                 return
             added += cors_headers
-            await self._serve(without_trailing_slash(scope), receive, send_with_id, record, authorization)
+            served = without_root_path(scope, self.root_path) if self.root_path else scope
+            await self._serve(without_trailing_slash(served), receive, send_with_id, record, authorization)
         except Exception as exc:
             await self._crashed(exc, scope, receive, send_with_id, record)
         except BaseException as exc:
@@ -161,7 +167,7 @@ class Front:
             if not is_open(scope["method"], scope["path"]):
                 context.grant = state.auth.check(authorization)
                 if context.grant is None:
-                    await unauthorized(send)
+                    await unauthorized(send, scope["path"])
                     return
         elif snapshot.passes_client_key:
             key_token = CLIENT_KEY.set(bearer_value(authorization))

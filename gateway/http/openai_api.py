@@ -27,6 +27,7 @@ streamed completion is not masked.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -94,7 +95,12 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     context = context_of(request)
     names = [entry["name"] for entry in context.state.catalog.tags(context.grant)["models"]]
-    return json_response({"object": "list", "data": [_model(name, context.state.catalog.modified_epoch) for name in names]})
+    created = context.state.catalog.modified_epoch
+    return json_response({
+        "object": "list", "data": [_model(name, created) for name in names],
+        # Anthropic's list (ModelInfo pages), read by its SDK and Claude Code's model discovery.
+        "has_more": False, "first_id": names[0] if names else None, "last_id": names[-1] if names else None,
+    })
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -159,6 +165,11 @@ def _error_object(error: GatewayError, secrets: Secrets) -> dict[str, Any]:
 
 
 def _model(name: str, created: int) -> dict[str, Any]:
-    """Ollama's `openai.ToModel`: `owned_by` is the name's namespace (`library` by default)."""
+    """One model in both SDKs' shapes (agents-api.md §1.9): OpenAI's (Ollama's `openai.ToModel`:
+    `owned_by` is the name's namespace, `library` by default) and Anthropic's ModelInfo."""
     parts = name.split("/")
-    return {"id": name, "object": "model", "created": created, "owned_by": parts[-2] if len(parts) > 1 else "library"}
+    return {
+        "id": name, "object": "model", "created": created, "owned_by": parts[-2] if len(parts) > 1 else "library",
+        "type": "model", "display_name": name,
+        "created_at": datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z"),
+    }

@@ -46,6 +46,8 @@ _OPENAI_BODY: dict[str, Any] = {
 def request_models() -> dict[tuple[str, str], type[BaseModel] | dict[str, Any]]:
     """(method, path) -> the model its body is validated with (or a schema for relayed bodies)."""
     from gateway.http.management import CopyRequest, TransferRequest
+    from gateway.translators.anthropic_messages import MessagesRequest
+    from gateway.translators.responses_items import ResponsesRequest
     from gateway.ollama import (
         ChatRequest,
         EmbeddingsRequest,
@@ -68,6 +70,9 @@ def request_models() -> dict[tuple[str, str], type[BaseModel] | dict[str, Any]]:
         ("post", "/v1/chat/completions"): _OPENAI_BODY,
         ("post", "/v1/completions"): _OPENAI_BODY,
         ("post", "/v1/embeddings"): _OPENAI_BODY,
+        ("post", "/v1/messages"): MessagesRequest,
+        ("post", "/v1/messages/count_tokens"): MessagesRequest,
+        ("post", "/v1/responses"): ResponsesRequest,
     }
 
 

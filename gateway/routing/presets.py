@@ -40,6 +40,15 @@ class Quirks:
     json_schema: bool = True
     dimensions: bool = False
     tool_result_name: bool = False
+    # The upstream speaks Anthropic's Messages API itself (`{base_url}/messages`): `/v1/messages`
+    # is passed through to it instead of translated (http/anthropic_api.py).
+    messages_api: bool = False
+    # The upstream's chat template rejects a system message after the conversation began (Qwen's
+    # templates on vLLM, llama.cpp, LM Studio): such messages are merged into the leading one.
+    # Claude Code sends them (agents-api.md §2.6); applied on /v1/messages and /v1/responses.
+    merge_system: bool = False
+    # The upstream has its own Responses API (`{base_url}/responses`): `/v1/responses` is passed through.
+    responses_api: bool = False
 
     def merged(self, overrides: dict[str, Any]) -> Quirks:
         """These quirks with every non-None value of `overrides` applied."""
@@ -49,16 +58,19 @@ class Quirks:
 
 PRESETS: dict[str, Quirks] = {
     "generic": Quirks(),
-    "openai": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True),
+    "openai": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True,
+                     responses_api=True),
     "azure": Quirks(max_tokens_field="max_completion_tokens", reasoning="reasoning_effort", stop_limit=4, dimensions=True),
     "openrouter": Quirks(reasoning="openrouter", reasoning_input="reasoning", extra_options=SAMPLING_EXTRAS),
     "groq": Quirks(max_tokens_field="max_completion_tokens", reasoning="groq", stop_limit=4),
     "deepseek": Quirks(reasoning_input="reasoning_content", json_schema=False, completions=True),
     "together": Quirks(extra_options=SAMPLING_EXTRAS, completions=True),
     "mistral": Quirks(json_schema=True),
-    "vllm": Quirks(reasoning="chat_template_kwargs", reasoning_input="reasoning", extra_options=SAMPLING_EXTRAS, completions=True),
+    "vllm": Quirks(reasoning="chat_template_kwargs", reasoning_input="reasoning", extra_options=SAMPLING_EXTRAS, completions=True,
+                   merge_system=True),
     "llamacpp": Quirks(reasoning="chat_template_kwargs", reasoning_input="reasoning_content", extra_options=LLAMACPP_EXTRAS,
-                       completions=True, tool_result_name=True),
-    "lmstudio": Quirks(extra_options={"top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}, completions=True),
+                       completions=True, tool_result_name=True, merge_system=True),
+    "lmstudio": Quirks(extra_options={"top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}, completions=True,
+                       merge_system=True),
     "ollama": Quirks(reasoning="reasoning_effort", reasoning_input="reasoning", completions=True),
 }

@@ -60,6 +60,9 @@ class QuirkSettings(BaseModel):
     json_schema: bool | None = None
     dimensions: bool | None = None
     tool_result_name: bool | None = None
+    messages_api: bool | None = None
+    merge_system: bool | None = None
+    responses_api: bool | None = None
 
     @field_validator("extra_options", mode="before")
     @classmethod

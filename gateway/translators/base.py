@@ -14,7 +14,7 @@ must subclass one of these.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from gateway.translators.clock import RequestClock
 from gateway.errors import GatewayError
@@ -59,8 +59,25 @@ class Translator(ABC, Generic[RequestT]):
         return error
 
 
+class ChunkFraming(Protocol):
+    """How a translator's streamed chunks go on the wire, when not as Ollama's NDJSON lines."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    def encode(self, chunks: list[dict[str, Any]]) -> bytes:
+        """The bytes of consecutive chunks, written at once."""
+
+    def error_chunk(self, error: GatewayError) -> bytes:
+        """The last chunk of a stream that failed after its first byte."""
+
+
 class StreamingTranslator(Translator[RequestT]):
     """A translator whose endpoint can stream NDJSON from the upstream's SSE events."""
+
+    # None: Ollama's NDJSON, one chunk a line; otherwise the framing of another surface
+    # (the Anthropic Messages events, translators/anthropic.py).
+    framing: ChunkFraming | None = None
 
     # Set by `feed` once an event carried a finish reason: a stream that ends without `[DONE]`
     # is complete only if this is true.

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.ollama import ChatRequest
 from gateway.translators.completion import ChatCompletionTranslator
-from gateway.translators.messages import upstream_messages, upstream_tools
+from gateway.translators.messages import upstream_messages, upstream_tool_choice, upstream_tools
 
 
 class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
@@ -29,6 +29,12 @@ class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
         tools = upstream_tools(self.request.tools, self.tool_names)
         if tools:  # an empty list is never forwarded: OpenAI rejects `tools: []`
             body["tools"] = tools
+            if self.request.tool_choice is not None:
+                choice = upstream_tool_choice(self.request.tool_choice, self.tool_names)
+                if choice is None:
+                    self.dropped_options.append("tool_choice")
+                else:
+                    body["tool_choice"] = choice
         return body
 
     def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:

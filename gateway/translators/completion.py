@@ -139,7 +139,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
     # -- complete answers ----------------------------------------------------------------------
 
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:
-        _raise_for_error_event(body)
+        raise_for_error_event(body)
         choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         content = message.get("content") or message.get("refusal") or choice.get("text") or ""
@@ -175,7 +175,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         choices = event.get("choices")
         if not choices:
             if "error" in event:
-                _raise_for_error_event(event)
+                raise_for_error_event(event)
             return []
         choice = choices[0]
         delta = choice.get("delta")
@@ -202,7 +202,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
             out.append(chunk)
         if finish_reason:
             if finish_reason == "error" or "error" in event:
-                _raise_for_error_event(event)
+                raise_for_error_event(event)
             self.saw_finish_reason = True
             self.done_reason = _DONE_REASONS.get(finish_reason, "stop")
             if self._tool_calls:
@@ -290,7 +290,7 @@ def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
     ]
 
 
-def _raise_for_error_event(event: dict[str, Any]) -> None:
+def raise_for_error_event(event: dict[str, Any]) -> None:
     """An `error` object in an upstream event or body (OpenRouter mid-stream errors, some proxies)."""
     error = event.get("error")
     if not error:

@@ -7,7 +7,8 @@
   deterministic one (same conversation, same ids: upstream prompt caches keep working).
 - Tool results are paired with their calls whether the client sent `tool_call_id`, only
   `tool_name`, or neither; unanswered calls get an empty result, orphan results become text.
-- Tool names OpenAI would reject are rewritten, and restored on the way back (`ToolNames`).
+- Tool names OpenAI would reject are rewritten, and restored on the way back (`ToolNames`); a
+  client's `tool_choice` (not Ollama's, but SDKs send it) goes up in Chat Completions' shape.
 """
 
 from __future__ import annotations
@@ -79,6 +80,38 @@ def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list
             definition["description"] = function["description"]
         rebuilt.append({"type": "function", "function": definition})
     return rebuilt
+
+
+def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] | None:
+    """A client's `tool_choice` in Chat Completions' shape, or None for one it cannot be.
+
+    Strings `auto`, `none`, `required` (and `any`, Anthropic's word for it); a function by name
+    nested (`{"type": "function", "function": {"name"}}`) or flat (the Responses API's
+    `{"type": "function", "name"}`), its name as the upstream knows the tool.
+    """
+    if isinstance(choice, str):
+        return {"any": "required"}.get(choice, choice) if choice in ("auto", "none", "required", "any") else None
+    if not isinstance(choice, dict):
+        return None
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    if choice.get("type", "function") in ("function", "tool") and isinstance(name, str) and name:
+        return {"type": "function", "function": {"name": names.upstream(name)}}
+    return None
+
+
+def merge_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every system message after the first other one merged into the leading
+    system message (made if there is none), in order, separated by a blank line (quirk `merge_system`)."""
+    leading = 0
+    while leading < len(messages) and messages[leading]["role"] == "system":
+        leading += 1
+    late = [m for m in messages[leading:] if m["role"] == "system"]
+    if not late:
+        return messages
+    texts = [str(m.get("content") or "") for m in (*messages[:leading], *late)]
+    merged = {"role": "system", "content": "\n\n".join(text for text in texts if text)}
+    return [merged, *(m for m in messages[leading:] if m["role"] != "system")]
 
 
 def image_part(encoded: str, index: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ completion is not masked there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -44,12 +44,19 @@ _NOT_SSE_LIMIT = 64 * 1024  # how much of a body that is not an event stream is 
 _SSE_STARTS = (b"data:", b":", b"event:", b"id:", b"retry:")
 
 
-async def _send(client: UpstreamClient, path: str, body: bytes, model_name: str, *, relay: bool = False) -> aiohttp.ClientResponse:
-    """POST and wait for the status line; an error status is read, closed and raised."""
+async def _send(
+    client: UpstreamClient, path: str, body: bytes, model_name: str, *, relay: bool = False,
+    headers: Mapping[str, str] | None = None, query: str = "",
+) -> aiohttp.ClientResponse:
+    """POST and wait for the status line; an error status is read, closed and raised.
+
+    `headers` (the client's own, passed through) go with the upstream's, which win; `query` is
+    added to the URL after the upstream's own parameters."""
     origin = client.origin
+    sent = client.request_headers() if headers is None else {**headers, **client.request_headers()}
     try:
         response = await client.session.post(
-            client.url(path), data=body, headers=client.request_headers(), timeout=client.timeout,
+            client.url(path, query), data=body, headers=sent, timeout=client.timeout,
             allow_redirects=False, compress=None,
         )
     except aiohttp.ClientError as exc:
@@ -114,14 +121,15 @@ async def open_events(client: UpstreamClient, path: str, body: bytes, model_name
 
 
 async def open_relay(
-    client: UpstreamClient, path: str, body: bytes, model_name: str, limit: int, on_close: Callable[[], None] | None = None
+    client: UpstreamClient, path: str, body: bytes, model_name: str, limit: int, on_close: Callable[[], None] | None = None,
+    *, headers: Mapping[str, str] | None = None, query: str = "",
 ) -> Relay:
     """POST `body` as is and return the upstream's un-read answer (the `/v1` surface). Close it.
 
     An upstream error status raises `UpstreamRelayed` with the upstream's own status and error
     object (credential problems still become 502).
     """
-    return Relay(await _send(client, path, body, model_name, relay=True), client.origin, limit, on_close)
+    return Relay(await _send(client, path, body, model_name, relay=True, headers=headers, query=query), client.origin, limit, on_close)
 
 
 class EventStream:

@@ -62,7 +62,10 @@ class UpstreamClient:
             if variable else None
         )
 
-    def url(self, path: str) -> str:
+    def url(self, path: str, query: str = "") -> str:
+        """The URL of `path`, with the upstream's own query parameters and then `query`, if any."""
+        if query:
+            return self._base + path + (self._query + "&" if self._query else "?") + query
         return self._base + path + self._query
 
     @property

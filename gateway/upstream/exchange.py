@@ -3,9 +3,12 @@ first-byte rule.
 
     Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
                                         says: the same target again, then each fallback
-    TranslatedCall                      a translator's request: one JSON answer, or its NDJSON
-                                        stream opened up to the first line
+    TranslatedCall                      a translator's request: one JSON answer, or its stream
+                                        (NDJSON, or the translator's own `framing`: the Anthropic
+                                        Messages events) opened up to the first chunk
     RelayCall                           `/v1`: the body with the target's model id, the answer as is
+    NativeOrTranslated                  `/v1/messages`, `/v1/responses`: relayed to an upstream
+                                        whose quirk says it speaks that API, else translated
     open_stream(chunks, framing, ...)   the first-byte rule, the one place it is written
 
 The first-byte rule: a stream is run up to its first chunk before the response starts, so any
@@ -22,7 +25,7 @@ after one). An upstream request holds a slot of the worker's limiter until its a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -32,7 +35,7 @@ from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
 from gateway.routing.resolver import RouteMap, Target
-from gateway.translators.base import StreamingTranslator, Translator
+from gateway.translators.base import ChunkFraming, StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
 from gateway.upstream import failover
 from gateway.upstream.attempts import Attempts, log_failure, log_wait
@@ -313,8 +316,10 @@ class TranslatedCall(Generic[RequestT]):
         upstream = target.upstream
         total = upstream.total_timeout
         exchange = self.exchange
+        framing = translator.framing
+        chunks = self._ndjson(translator, target, body) if framing is None else self._framed(translator, target, body, framing)
         return await open_stream(
-            self._ndjson(translator, target, body), NDJSON_FRAMING, exchange.record, exchange.clients.secrets,
+            chunks, framing or NDJSON_FRAMING, exchange.record, exchange.clients.secrets,
             first_within=upstream.first_token_timeout, on_first_timeout=_first_token_timeout(target),
             deadline=asyncio.get_running_loop().time() + total if total is not None else None,
             on_deadline=_total_timeout(target),
@@ -359,17 +364,51 @@ class TranslatedCall(Generic[RequestT]):
             finally:
                 events.close()
 
+    async def _framed(
+        self, translator: StreamingTranslator[RequestT], target: Target, body: bytes, framing: ChunkFraming,
+    ) -> AsyncGenerator[bytes, None]:
+        """Another surface's stream (`translator.framing`): one write per upstream network read."""
+        clients = self.exchange.clients
+        record = self.exchange.record
+        async with clients.limiter.slot():
+            events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            try:
+                async for read in events.reads():
+                    chunks: list[dict[str, Any]] = []
+                    try:
+                        for event in read:
+                            chunks.extend(translator.feed(event))
+                    except GatewayError:
+                        if chunks:  # the chunks before a failure in this read are still the client's
+                            record.chunks += len(chunks)
+                            yield framing.encode(chunks)
+                        raise
+                    if chunks:
+                        record.chunks += len(chunks)
+                        yield framing.encode(chunks)
+                if not events.saw_done and not translator.saw_finish_reason:
+                    raise fault("incomplete", clients.of(target).origin)
+                final = translator.finish()
+                record.chunks += len(final)
+                record.tokens(translator.prompt_tokens, translator.completion_tokens)
+                yield framing.encode(final)
+            finally:
+                events.close()
+
 
 class RelayCall:
     """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`)."""
 
-    __slots__ = ("exchange", "_body", "_path", "_name")
+    __slots__ = ("exchange", "_body", "_path", "_name", "_headers", "_query")
 
-    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str) -> None:
+    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str,
+                 headers: Mapping[str, str] | None = None, query: str = "") -> None:
         self.exchange = exchange
         self._body = body
         self._path = path
         self._name = name
+        self._headers = headers  # the client's headers passed through (`anthropic-*`), if any
+        self._query = query
 
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
@@ -378,7 +417,8 @@ class RelayCall:
         await clients.limiter.acquire()
         try:
             return await open_relay(
-                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release
+                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release,
+                headers=self._headers, query=self._query,
             )
         except BaseException:
             clients.limiter.release()
@@ -398,3 +438,21 @@ async def _relayed(relay: Relay, record: RequestRecord) -> AsyncGenerator[bytes,
             yield data
     finally:
         relay.close()
+
+
+class NativeOrTranslated(Generic[RequestT]):
+    """Per target: relayed to an upstream that speaks the client's API itself (the quirk named
+    `native`, e.g. `messages_api`: only `model` rewritten, its answer and errors as it sent them),
+    else translated. A fallback without the quirk gets the request translated, and vice versa."""
+
+    __slots__ = ("translated", "relay", "_native")
+
+    def __init__(self, translated: TranslatedCall[RequestT], relay: RelayCall, native: str) -> None:
+        self.translated = translated
+        self.relay = relay
+        self._native = native
+
+    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream | Relay:
+        if getattr(target.quirks, self._native):
+            return await self.relay.attempt(target, first)
+        return await self.translated.attempt(target, first)

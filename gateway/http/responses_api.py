@@ -1,0 +1,64 @@
+"""The OpenAI Responses API on the same port (agents-api.md §3–4): `POST /v1/responses` for Codex.
+
+Translated onto the routed upstream's Chat Completions (translators/responses.py) through the
+route map, auth, limits, retries, fallbacks and request log line of `/api/chat`, stateless:
+`previous_response_id` is a 400 saying the gateway keeps no conversation state. An upstream
+marked `responses_api: true` (one with its own Responses API) gets the request passed through
+instead: only `model` rewritten, the query string kept, its answer and errors relayed. Errors are in
+OpenAI's shape (openai_api.py); after the first streamed event a failure is `response.failed`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
+from gateway.http.body import read_json_object, validate
+from gateway.http.context import context_of
+from gateway.http.openai_api import OpenAIRoute, SSEFraming
+from gateway.http.streaming import StreamedResponse
+from gateway.translators.responses import ResponsesTranslator
+from gateway.translators.responses_items import ResponsesRequest
+from gateway.upstream.calls import Relay
+from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall
+
+router = APIRouter(route_class=OpenAIRoute)
+_SSE_HEADERS = {"Cache-Control": "no-cache"}
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    context = context_of(request)
+    body = await read_json_object(request, zstd=True)
+    responses_request: ResponsesRequest = validate(ResponsesRequest, body)
+    if not responses_request.model:
+        raise BadRequest("model is required")
+    if responses_request.background:
+        raise BadRequest("background responses are not supported: the gateway keeps no response state")
+    target = context.route(responses_request.model)
+    translator = ResponsesTranslator(responses_request, target, context.clock)
+    exchange = context.exchange()
+    # An upstream with `responses_api: true` (OpenAI itself) gets the request passed through.
+    call = NativeOrTranslated(TranslatedCall(exchange, translator, responses_request, context.clock),
+                              RelayCall(exchange, body, "/responses", responses_request.model, None, request.url.query),
+                              "responses_api")
+    try:
+        answer = await exchange.run(target, call)
+    except GatewayError as exc:
+        mapped = translator.map_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    context.state.catalog.mark_used(target, responses_request.model, None)
+    if isinstance(answer, OpenedStream):
+        return StreamedResponse(answer, headers=_SSE_HEADERS)
+    if isinstance(answer, Relay):
+        if answer.is_event_stream:
+            framing = SSEFraming(answer.content_type, context.state.clients.secrets)
+            return StreamedResponse(await call.relay.stream(answer, framing), headers=_SSE_HEADERS)
+        try:
+            return Response(await answer.read(), media_type=answer.content_type)
+        finally:
+            answer.close()
+    return Response(answer, media_type=JSON_MEDIA_TYPE)
