@@ -43,7 +43,7 @@ from gateway.routing.resolver import Target
 
 DEFAULT_SERVICE_NAME = "ollama-gateway"
 _OPERATIONS = {
-    "/api/chat": "chat", "/v1/chat/completions": "chat",
+    "/api/chat": "chat", "/v1/chat/completions": "chat", "/v1/messages": "chat", "/v1/responses": "chat",
     "/api/generate": "text_completion", "/v1/completions": "text_completion",
     "/api/embed": "embeddings", "/api/embeddings": "embeddings", "/v1/embeddings": "embeddings",
 }
