@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from gateway import __version__
 from gateway.errors import GatewayError, error_response
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
-from gateway.http import ollama_api, openai_api
+from gateway.http import observability, ollama_api, openai_api
 from gateway.http.context import context_in
 from gateway.http.front import Direct, Front, internal_error
 from gateway.http.guard import Deadlines, Drain, follow_server_signals
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Front:
     return Front(
         app, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
         drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content, direct=_direct_routes(),
+        endpoints=frozenset(path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))),
     )
 
 
@@ -110,7 +111,10 @@ def _direct_routes() -> dict[tuple[str, str], Direct]:
         ("/v1/chat/completions", openai_api.chat_completions), ("/v1/completions", openai_api.completions),
         ("/v1/embeddings", openai_api.embeddings),
     )}
-    return {("POST", path): direct for path, direct in (ollama | openai).items()}
+    routes = {("POST", path): direct for path, direct in (ollama | openai).items()}
+    # Behind auth like the API; the health probes are answered before it (front.py).
+    routes[("GET", observability.METRICS)] = Direct(observability.metrics, ollama_error)
+    return routes
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

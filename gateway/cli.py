@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from gateway.translators import BindingError, load_bindings
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
-    overrides = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "probe") and value is not None}
     try:
         settings = Settings(**overrides)
         settings.bind_address()
@@ -33,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ollama-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
     if command == "check":
-        return check(settings.routes)
+        return check(settings.routes, probe=args.probe)
     return serve(settings)
 
 
@@ -44,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser("check", help="validate routes.yaml and print the routes")
     for sub in (parser, serve_parser, check_parser):
         sub.add_argument("--routes", type=Path, default=argparse.SUPPRESS if sub is not parser else None, help="route map file (GATEWAY_ROUTES, default routes.yaml)")
+    check_parser.add_argument("--probe", action="store_true",
+                              help="also call each upstream's GET /models (its key, its discover_timeout); exit 1 if one fails")
     for sub in (parser, serve_parser):
         default = argparse.SUPPRESS if sub is not parser else None
         sub.add_argument("--host", default=default, help="listen address (GATEWAY_HOST, OLLAMA_HOST, default 127.0.0.1)")
@@ -54,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check(routes: Path) -> int:
-    """Validate the route map; print each model with its upstream, and any warning."""
+def check(routes: Path, probe: bool = False) -> int:
+    """Validate the route map; print each model with its upstream, and any warning; with `probe`,
+    call every upstream too."""
     try:
         route_map = load_route_map(routes)
         load_bindings(route_map.endpoints)
@@ -66,7 +73,52 @@ def check(routes: Path) -> int:
     print(_route_table(route_map))
     for warning in route_map.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    if probe:
+        return _probe(route_map)
     return 0
+
+
+def _probe(route_map: RouteMap) -> int:
+    """GET /models on every upstream at once, with its key; a line per upstream, exit 1 if one fails."""
+    results = asyncio.run(_probe_all(route_map))
+    rows = [("UPSTREAM", "RESULT", "LATENCY", "DETAIL")]
+    for name, (error, seconds, count) in results.items():
+        detail = route_map.secrets.scrub(error) if error is not None else f"{count} model(s) listed"
+        rows.append((name, "FAILED" if error is not None else "ok", f"{seconds * 1000:.0f} ms", detail))
+    print()
+    print("\n".join(_columns(rows)))
+    failed = [name for name, (error, _, _) in results.items() if error is not None]
+    if failed:
+        print(f"error: probe failed for upstream(s): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _probe_all(route_map: RouteMap) -> dict[str, tuple[str | None, float, int]]:
+    from gateway.errors import GatewayError
+    from gateway.upstream.calls import list_models
+    from gateway.upstream.clients import UpstreamClient
+
+    async def one(client: UpstreamClient) -> tuple[str | None, float, int]:
+        started = time.perf_counter()
+        timeout = client.config.discover_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                data = await list_models(client, timeout, _PROBE_LIMIT)
+        except GatewayError as exc:
+            return exc.message, time.perf_counter() - started, 0
+        except TimeoutError:
+            return f"no answer within {timeout:g} s", time.perf_counter() - started, 0
+        finally:
+            await client.aclose()
+        return None, time.perf_counter() - started, len(data)
+
+    names = list(route_map.upstreams)
+    clients = [UpstreamClient(name, route_map.upstreams[name], route_map.secrets) for name in names]
+    return dict(zip(names, await asyncio.gather(*(one(client) for client in clients)), strict=True))
+
+
+_PROBE_LIMIT = 64 * 1024 * 1024  # bytes of a model list read at most
 
 
 def _route_table(route_map: RouteMap) -> str:
@@ -120,7 +172,8 @@ _KILL_MARGIN = 5
 def serve(settings: Settings) -> int:
     """Run the app on Granian; each worker rebuilds the settings from the exported environment.
 
-    On SIGTERM Granian stops accepting connections and waits for requests in flight; the app
+    On SIGTERM, after `shutdown_delay` seconds of failing readiness while still serving (none by
+    default), Granian stops accepting connections and waits for requests in flight; the app
     ends what is left after `shutdown_grace` seconds (guard.Drain), and Granian kills a worker
     still alive a few seconds later. Headers beyond `max_header_bytes`, or more than 100 of them,
     get 431 from Granian (hyper) before the app sees the request, and a connection that has not
@@ -147,6 +200,10 @@ def serve(settings: Settings) -> int:
     if warning:
         print(f"ollama-gateway: warning: {warning}", file=sys.stderr)
     os.environ.update(settings.to_environ())
+    # prometheus-client's multi-process mode (metrics.py): the workers' value files, fresh for
+    # this run (stale files would add an earlier run's counts), removed when the server is over.
+    metrics_dir = tempfile.mkdtemp(prefix="ollama-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     host, port = settings.bind_address()
     options: dict[str, Any] = {
         "address": host,
@@ -166,8 +223,13 @@ def serve(settings: Settings) -> int:
         "respawn_failed_workers": True,
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    server = GatewayServer("gateway.app:create_app", tcp_keepalive=settings.tcp_keepalive, **options)
+    server = GatewayServer(
+        "gateway.app:create_app", tcp_keepalive=settings.tcp_keepalive, shutdown_delay=settings.shutdown_delay, **options
+    )
     # SIGHUP reloads routes.yaml in every worker instead of respawning them (reload.py).
     server.on_startup(forward_sighup)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -156,7 +156,7 @@ class RequestRecord:
 
     __slots__ = (
         "request_id", "method", "path", "started", "status", "model", "upstream", "upstream_model",
-        "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error",
+        "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error", "route", "upstream_ns",
     )
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
@@ -174,6 +174,10 @@ class RequestRecord:
         self.completion_tokens: int | None = None
         self.outcome = "ok"
         self.error: str | None = None
+        # For the metrics (metrics.py): the name of the routed entry (bounded, unlike `model`),
+        # and the nanoseconds spent waiting on upstreams (status lines, reads), every attempt's.
+        self.route: str | None = None
+        self.upstream_ns = 0
 
     def tokens(self, prompt: int, completion: int) -> None:
         self.prompt_tokens = prompt

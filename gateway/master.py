@@ -9,6 +9,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# Sent by the master to its workers when SIGTERM arrives with a shutdown delay: /health/ready
+# says 503 from then on, while the worker still serves (guard.Drain.leave).
+LEAVING_SIGNAL = signal.SIGUSR1
 
 
 def forward_sighup() -> None:
@@ -31,3 +38,37 @@ def forward_sighup() -> None:
                 os.kill(child.pid, signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, handler)
+    # A worker not yet listening for LEAVING_SIGNAL must not die of it (the default action).
+    signal.signal(LEAVING_SIGNAL, signal.SIG_IGN)
+
+
+def _signal_workers(signum: int) -> None:
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class DelayedStop:
+    """In the Granian master: SIGTERM first tells the workers to fail their readiness probe
+    (LEAVING_SIGNAL) and only `delay` seconds later stops the server the way Granian does
+    (it then stops accepting, closes idle connections and drains). A load balancer that polls
+    `/health/ready` stops sending meanwhile, while every request still gets served. SIGINT
+    (Ctrl-C) and a second SIGTERM stop at once.
+    """
+
+    def __init__(self, delay: float, stop: Callable[..., Any]) -> None:
+        self.delay = delay
+        self._stop = stop
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, signum: int, frame: object = None) -> None:
+        if signum != signal.SIGTERM or self._timer is not None or self.delay <= 0:
+            self._stop(signum, frame)
+            return
+        _signal_workers(LEAVING_SIGNAL)
+        self._timer = threading.Timer(self.delay, self._stop, (signum, frame))
+        self._timer.daemon = True
+        self._timer.start()

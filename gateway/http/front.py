@@ -7,6 +7,8 @@ In order, for each request, with its headers read once:
     Host (hosts.py)          not one of ours (DNS rebinding): 403, empty body, before anything else
     CORS (cors.py)           a refused origin 403, a preflight 204; otherwise its headers added
     trailing slash           `/api/tags/` served as `/api/tags` (slashes.py)
+    health probes            `/health/live` and `/health/ready` answered here, before auth
+                             (observability.py)
     the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
                              change it; the request context made (context.py)
     auth (auth.py)           routes.yaml `auth`: a request without a valid key gets 401
@@ -14,6 +16,9 @@ In order, for each request, with its headers read once:
     dispatch                 the hot endpoints (`Direct`: chat, generate, embed, the `/v1` relays)
                              called straight, without FastAPI's routing, exception middleware and
                              request handler; every other request goes to the FastAPI app
+
+When the response is over, the request is counted in the metrics (gateway/metrics.py, its
+endpoint label the route's path template) right after its summary line.
 
 An exception no handler caught is answered with Ollama's JSON 500 and logged as one
 `unhandled_exception` line (type, message, where), not a traceback per request. Nothing here runs
@@ -40,6 +45,7 @@ from gateway.http.context import CONTEXT_KEY, RequestContext
 from gateway.http.cors import Cors
 from gateway.http.guard import Drain, RequestGuard
 from gateway.http.hosts import HostPolicy, refusal
+from gateway.http.observability import HEALTH_METHODS, HEALTH_PATHS, answer_health
 from gateway.http.slashes import without_trailing_slash
 from gateway.logs import ContentLogMiddleware, RequestRecord
 from gateway.routing.live import LiveGateway
@@ -64,9 +70,13 @@ class Front:
     def __init__(
         self, app: ASGIApp, *, live: LiveGateway, hosts: HostPolicy, cors: Cors, drain: Drain, max_body_bytes: int,
         log_content: bool = False, direct: Mapping[tuple[str, str], Direct] | None = None,
+        endpoints: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.direct = dict(direct or {})
+        # The paths that are their own metrics label (the app's routes without a parameter).
+        self.endpoints = endpoints | {path for _, path in self.direct} | HEALTH_PATHS
+        self.drain = drain
         self.live = live
         self.hosts = hosts
         self.cors = cors
@@ -108,6 +118,7 @@ class Front:
         record = RequestRecord(request_id, scope["method"], scope["path"])
         structlog.contextvars.bind_contextvars(request_id=request_id)
         added = [(_REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+        served = scope
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -127,7 +138,8 @@ class Front:
                 await _answer(send_with_id, status, [*cors_headers, *_EMPTY])
                 return
             added += cors_headers
-            await self._serve(without_trailing_slash(scope), receive, send_with_id, record, authorization)
+            served = without_trailing_slash(scope)
+            await self._serve(served, receive, send_with_id, record, authorization)
         except Exception as exc:
             await self._crashed(exc, scope, receive, send_with_id, record)
         except BaseException as exc:
@@ -137,9 +149,22 @@ class Front:
             if record.status >= 500 and record.outcome == "ok":
                 record.outcome = "error"
             log.info("request", **record.fields())
+            _observe(record, self._endpoint(served))
             structlog.contextvars.unbind_contextvars("request_id")
 
+    def _endpoint(self, scope: Scope) -> str:
+        """The metrics label of a request's path: itself if it is a route's, else the template
+        of the route FastAPI matched, else `other` (never a raw path: labels stay bounded)."""
+        path: str = scope["path"]
+        if path in self.endpoints:
+            return path
+        template = getattr(scope.get("route"), "path", None)
+        return template if isinstance(template, str) else "other"
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, authorization: bytes | None) -> None:
+        if scope["path"] in HEALTH_PATHS and scope["method"] in HEALTH_METHODS:
+            await answer_health(send, scope["path"], scope["method"], loaded=self.live.loaded, ready=self.drain.ready)
+            return
         snapshot = self.live.current
         state = snapshot.state
         context = RequestContext(record, state)
@@ -175,6 +200,15 @@ class Front:
         record.fail(error, after_first_byte=bool(record.status))
         if not record.status:
             await error_response(error)(scope, receive, send)
+
+
+def _observe(record: RequestRecord, endpoint: str) -> None:
+    from gateway import metrics  # the workers' only: the Granian master never loads prometheus-client
+
+    try:
+        metrics.observe_request(record, endpoint)
+    except Exception as exc:  # never the request's problem
+        log.warning("metrics_failed", exception=f"{type(exc).__name__}: {exc}")
 
 
 def internal_error(record: RequestRecord) -> GatewayError:

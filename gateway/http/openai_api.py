@@ -26,6 +26,7 @@ streamed completion is not masked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -116,9 +117,12 @@ async def _relay(request: Request, path: str) -> Response:
     reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
         return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, context.state.clients.secrets)))
+    record = context.record
+    waited_from = time.perf_counter_ns()
     try:
         return Response(await reply.read(), media_type=reply.content_type)
     finally:
+        record.upstream_ns += time.perf_counter_ns() - waited_from
         reply.close()
 
 

@@ -40,6 +40,9 @@ class StreamedResponse(Response):
         rest = self._stream.rest
         # The guard cancels this on disconnect; it only needs to know while the body is open,
         # and when a write is waiting (on a client that stopped reading: `GATEWAY_SEND_TIMEOUT`).
+        from gateway import metrics  # the workers' only (gateway_streams_in_flight)
+
+        metrics.stream_opened()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             guard.open_stream = self
@@ -53,5 +56,6 @@ class StreamedResponse(Response):
             guard.open_stream = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            metrics.stream_closed()
             with anyio.CancelScope(shield=True):
                 await rest.aclose()

@@ -27,6 +27,8 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
+import time
+
 import structlog
 from tenacity import RetryCallState
 
@@ -48,6 +50,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
 _dumps: Callable[[Any], bytes] = orjson.dumps
+_now_ns = time.perf_counter_ns
 
 
 class Call(Protocol[T_co]):
@@ -178,13 +181,17 @@ class Exchange:
 
     async def run(self, primary: Target, call: Call[T]) -> T:
         try:
-            return await call.attempt(primary, True)  # the no-fault path: one call, nothing else
+            result = await call.attempt(primary, True)  # the no-fault path: one call, nothing else
         except GatewayError as exc:
             exc.message = self.clients.scrub(exc.message)  # before anything logs it
+            _count_attempt(primary, exc)
             _log_failure(primary, 1, exc)
             if failover.gives_up_at_once(exc, primary):
                 raise
             first_error = exc
+        else:
+            _count_attempt(primary, None)
+            return result
         return await self._fail_over(primary, call, first_error)
 
     async def _fail_over(self, primary: Target, call: Call[T], first_error: GatewayError) -> T:
@@ -208,8 +215,10 @@ class Exchange:
                             result = await call.attempt(target, False)
                         except GatewayError as exc:
                             exc.message = self.clients.scrub(exc.message)
+                            _count_attempt(target, exc)
                             _log_failure(target, count, exc, fallback=position > 0)
                             raise
+                        _count_attempt(target, None)
                         log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
                                  attempt=count, fallback=position > 0, outcome="ok")
                         return result
@@ -218,6 +227,18 @@ class Exchange:
                     raise
                 errors.append(exc)
         raise failover.final_error(errors)
+
+
+def _count_attempt(target: Target, error: GatewayError | None) -> None:
+    """gateway_upstream_attempts_total: ok, timeout, skipped (a fallback that cannot take the
+    request, never sent) or error."""
+    from gateway import metrics  # loaded in the workers only
+
+    if error is None:
+        outcome = "ok"
+    else:
+        outcome = "timeout" if isinstance(error, UpstreamTimeout) else "skipped" if isinstance(error, Unsuitable) else "error"
+    metrics.attempt(target.upstream_name, outcome)
 
 
 def _log_failure(target: Target, attempt: int, exc: GatewayError, fallback: bool = False) -> None:
@@ -303,9 +324,14 @@ class TranslatedCall(Generic[RequestT]):
         clients = exchange.clients
         client = clients.of(target)
         total = target.upstream.total_timeout
+        record = exchange.record
         try:
             async with clients.limiter.slot(), asyncio.timeout(total):
-                answer = await post_json(client, translator.upstream_path, body, self._request.model, clients.max_answer_bytes)
+                waited_from = _now_ns()
+                try:
+                    answer = await post_json(client, translator.upstream_path, body, self._request.model, clients.max_answer_bytes)
+                finally:
+                    record.upstream_ns += _now_ns() - waited_from
         except TimeoutError as exc:
             raise _total_timeout(target)() from exc
         reply = _dumps(translator.from_response(answer))
@@ -328,10 +354,17 @@ class TranslatedCall(Generic[RequestT]):
         clients = self.exchange.clients
         record = self.exchange.record
         async with clients.limiter.slot():
-            events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            # The time waiting on the upstream (status line, each read), for gateway_overhead_seconds.
+            waited_from = _now_ns()
+            try:
+                events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            finally:
+                record.upstream_ns += _now_ns() - waited_from
             try:
                 started = False
+                waited_from = _now_ns()
                 async for read in events.reads():
+                    record.upstream_ns += _now_ns() - waited_from
                     lines: list[bytes] = []
                     try:
                         for event in read:
@@ -350,6 +383,8 @@ class TranslatedCall(Generic[RequestT]):
                     if lines:
                         record.chunks += len(lines)
                         yield b"\n".join(lines) + b"\n"
+                    waited_from = _now_ns()
+                record.upstream_ns += _now_ns() - waited_from
                 if not events.saw_done and not translator.saw_finish_reason:
                     # Without [DONE] a stream is complete only if it said why it finished: a stream
                     # cut short is never answered with a made-up `done` chunk.
@@ -377,6 +412,8 @@ class RelayCall:
         clients = self.exchange.clients
         content = _dumps({**self._body, "model": target.upstream_model})
         await clients.limiter.acquire()
+        record = self.exchange.record
+        waited_from = _now_ns()
         try:
             return await open_relay(
                 clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release
@@ -384,6 +421,8 @@ class RelayCall:
         except BaseException:
             clients.limiter.release()
             raise
+        finally:
+            record.upstream_ns += _now_ns() - waited_from
 
     async def stream(self, relay: Relay, framing: Framing) -> OpenedStream:
         """The upstream's SSE bytes as they arrive, run to the first read (the first-byte rule)."""
@@ -394,8 +433,12 @@ class RelayCall:
 
 async def _relayed(relay: Relay, record: RequestRecord) -> AsyncGenerator[bytes, None]:
     try:
+        waited_from = _now_ns()
         async for data in relay.chunks():
+            record.upstream_ns += _now_ns() - waited_from
             record.chunks += 1
             yield data
+            waited_from = _now_ns()
+        record.upstream_ns += _now_ns() - waited_from
     finally:
         relay.close()
