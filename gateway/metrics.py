@@ -23,6 +23,7 @@ import glob
 import os
 import re
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -80,19 +81,31 @@ def observe_request(record: RequestRecord, endpoint: str) -> None:
     total = (time.perf_counter_ns() - record.started) * _NS
     model = record.route or (UNROUTED if record.model is not None else NO_MODEL)
     upstream = (record.upstream if record.route else None) or NO_UPSTREAM
-    REQUESTS.labels(endpoint, model, upstream, str(record.status)).inc()
-    DURATION.labels(endpoint).observe(total)
-    OVERHEAD.labels(endpoint).observe(max(total - record.upstream_ns * _NS, 0.0))
+    _child(REQUESTS, (endpoint, model, upstream, str(record.status))).inc()
+    _child(DURATION, (endpoint,)).observe(total)
+    _child(OVERHEAD, (endpoint,)).observe(max(total - record.upstream_ns * _NS, 0.0))
     if record.chunks and record.first_byte:
-        FIRST_CHUNK.labels(endpoint, model).observe((record.first_byte - record.started) * _NS)
+        _child(FIRST_CHUNK, (endpoint, model)).observe((record.first_byte - record.started) * _NS)
     if record.prompt_tokens:
-        TOKENS.labels(model, upstream, "prompt").inc(record.prompt_tokens)
+        _child(TOKENS, (model, upstream, "prompt")).inc(record.prompt_tokens)
     if record.completion_tokens:
-        TOKENS.labels(model, upstream, "completion").inc(record.completion_tokens)
+        _child(TOKENS, (model, upstream, "completion")).inc(record.completion_tokens)
 
 
 def attempt(upstream: str, outcome: str) -> None:
-    ATTEMPTS.labels(upstream, outcome).inc()
+    _child(ATTEMPTS, (upstream, outcome)).inc()
+
+
+# Each metric's children by label values: `labels()` validates and locks at every call (about
+# 1.7 us each), a dict lookup does not. As bounded as the labels themselves.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Counter | Histogram, key: tuple[str, ...]) -> Any:
+    child = _children.get((metric, key))
+    if child is None:
+        child = _children[(metric, key)] = metric.labels(*key)
+    return child
 
 
 def stream_opened() -> None:

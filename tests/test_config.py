@@ -104,6 +104,6 @@ def test_compose_file_is_valid() -> None:
 
 def test_the_master_process_does_not_import_the_app() -> None:
     """Granian's master only forks workers: what `serve` imports stays resident (issue 3 memory)."""
-    code = "import sys, gateway.cli; heavy = {'openai', 'fastapi', 'aiohttp', 'gateway.app'} & set(sys.modules); print(sorted(heavy))"
+    code = "import sys, gateway.cli, gateway.listener; heavy = {'openai', 'fastapi', 'aiohttp', 'gateway.app', 'gateway.metrics', 'prometheus_client'} & set(sys.modules); print(sorted(heavy))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
