@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Front:
     settings = settings or Settings()
     route_map = load_route_map(settings.routes)
     bindings = load_bindings(route_map.endpoints)
-    # Swapped whole on a routes.yaml reload or a discovery refresh (reload.py).
+    # Swapped whole on a routes.yaml reload or a discovery refresh (routing/live.py).
     live = LiveGateway(settings, route_map, bindings, settings.routes.read_bytes())
     # Every log line is scrubbed of the secrets of the map in force.
     configure_logging(settings.log_format, settings.log_level, lambda: live.secrets)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import math
 import os
-import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.http.hosts import allowed_hosts
-from gateway.master import forward_sighup
 from gateway.routing.loader import RouteMapError, load_route_map
 from gateway.routing.names import strip_latest, tagged
 from gateway.routing.resolver import RouteMap
@@ -74,51 +71,12 @@ def check(routes: Path, probe: bool = False) -> int:
     for warning in route_map.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     if probe:
-        return _probe(route_map)
+        from gateway.probe import probe_upstreams
+
+        return probe_upstreams(route_map)
     return 0
 
 
-def _probe(route_map: RouteMap) -> int:
-    """GET /models on every upstream at once, with its key; a line per upstream, exit 1 if one fails."""
-    results = asyncio.run(_probe_all(route_map))
-    rows = [("UPSTREAM", "RESULT", "LATENCY", "DETAIL")]
-    for name, (error, seconds, count) in results.items():
-        detail = route_map.secrets.scrub(error) if error is not None else f"{count} model(s) listed"
-        rows.append((name, "FAILED" if error is not None else "ok", f"{seconds * 1000:.0f} ms", detail))
-    print()
-    print("\n".join(_columns(rows)))
-    failed = [name for name, (error, _, _) in results.items() if error is not None]
-    if failed:
-        print(f"error: probe failed for upstream(s): {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _probe_all(route_map: RouteMap) -> dict[str, tuple[str | None, float, int]]:
-    from gateway.errors import GatewayError
-    from gateway.upstream.calls import list_models
-    from gateway.upstream.clients import UpstreamClient
-
-    async def one(client: UpstreamClient) -> tuple[str | None, float, int]:
-        started = time.perf_counter()
-        timeout = client.config.discover_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                data = await list_models(client, timeout, _PROBE_LIMIT)
-        except GatewayError as exc:
-            return exc.message, time.perf_counter() - started, 0
-        except TimeoutError:
-            return f"no answer within {timeout:g} s", time.perf_counter() - started, 0
-        finally:
-            await client.aclose()
-        return None, time.perf_counter() - started, len(data)
-
-    names = list(route_map.upstreams)
-    clients = [UpstreamClient(name, route_map.upstreams[name], route_map.secrets) for name in names]
-    return dict(zip(names, await asyncio.gather(*(one(client) for client in clients)), strict=True))
-
-
-_PROBE_LIMIT = 64 * 1024 * 1024  # bytes of a model list read at most
 
 
 def _route_table(route_map: RouteMap) -> str:
@@ -137,7 +95,7 @@ def _route_table(route_map: RouteMap) -> str:
     for name, upstream in route_map.upstreams.items():
         if upstream.discover:
             rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.display_url))
-    lines = _columns(rows)
+    lines = columns(rows)
     lines.append("")
     upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "TIMEOUTS (connect/first token/total/idle)", "DISCOVER")]
     for name, upstream in route_map.upstreams.items():
@@ -147,7 +105,7 @@ def _route_table(route_map: RouteMap) -> str:
         )
         discover = f"every {upstream.discover_interval:g}s as {upstream.prefix or ''}<id>" if upstream.discover else "-"
         upstream_rows.append((name, upstream.provider, str(upstream.max_retries), timeouts, discover))
-    lines += _columns(upstream_rows)
+    lines += columns(upstream_rows)
     lines.append("")
     if route_map.auth is None:
         lines.append("auth: off (no key is checked)")
@@ -159,7 +117,7 @@ def _route_table(route_map: RouteMap) -> str:
     return "\n".join(lines)
 
 
-def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
 
@@ -184,11 +142,8 @@ def serve(settings: Settings) -> int:
     serving; one that dies again within about five seconds of its respawn ends the gateway
     (Granian's crash-loop guard: a worker that cannot start at all).
     """
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP1Settings
-    from granian.log import LogLevels
+    from gateway.listener import files_needed, raise_open_file_limit
 
-    from gateway.listener import GatewayServer, files_needed, raise_open_file_limit
 
     try:
         route_map = load_route_map(settings.routes)
@@ -208,28 +163,26 @@ def serve(settings: Settings) -> int:
     options: dict[str, Any] = {
         "address": host,
         "port": port,
-        "interface": Interfaces.ASGI,
+        "interface": "asgi",
         "workers": settings.workers,
         "factory": True,
-        "loop": Loops.uvloop,
-        "http": HTTPModes.http1,
+        "loop": "uvloop",
+        "http": "1",
         "log_access": False,
-        "log_level": LogLevels(settings.log_level),
-        "http1_settings": HTTP1Settings(
-            max_buffer_size=settings.max_header_bytes, header_read_timeout=math.ceil(settings.header_timeout * 1000)
-        ),
+        "log_level": settings.log_level,
+        "http1_settings": {
+            "max_buffer_size": settings.max_header_bytes, "header_read_timeout": math.ceil(settings.header_timeout * 1000),
+        },
         "backlog": settings.backlog,
         "backpressure": settings.max_connections,
         "respawn_failed_workers": True,
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    server = GatewayServer(
-        "gateway.app:create_app", tcp_keepalive=settings.tcp_keepalive, shutdown_delay=settings.shutdown_delay, **options
-    )
-    # SIGHUP reloads routes.yaml in every worker instead of respawning them (reload.py).
-    server.on_startup(forward_sighup)
-    try:
-        server.serve()
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    plan = {
+        "target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options,
+        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir,
+    }
+    # The master that stays resident starts afresh, importing only what it runs (master.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gateway.master", json.dumps(plan)])

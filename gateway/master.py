@@ -1,14 +1,20 @@
-"""What runs in the Granian master process, which forks the workers.
+"""What runs in the Granian master process, which forks the workers: `python -m gateway.master`.
 
-Kept apart from the app so that the master imports as little as it can: every module it loads
-is resident for the gateway's whole life (issue 3 measures the memory of the process tree).
+`ollama-gateway serve` checks the settings and routes.yaml (pydantic, YAML, the translators),
+then replaces itself (`os.execv`, same process id) with this module, handing it the Granian
+options as JSON: the master that stays resident for the gateway's whole life has imported only
+Granian, the listener and this (the benchmark measures the memory of the process tree; the
+check's imports alone cost the master about 15 MiB).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import shutil
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -72,3 +78,33 @@ class DelayedStop:
         self._timer = threading.Timer(self.delay, self._stop, (signum, frame))
         self._timer.daemon = True
         self._timer.start()
+
+
+def run(plan: dict[str, Any]) -> None:
+    """Serve `plan` (cli.serve's Granian options, as JSON values) until the server stops."""
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+
+    from gateway.listener import GatewayServer
+
+    options = dict(plan["options"])
+    options["interface"] = Interfaces(options["interface"])
+    options["loop"] = Loops(options["loop"])
+    options["http"] = HTTPModes(options["http"])
+    options["log_level"] = LogLevels(options["log_level"])
+    options["http1_settings"] = HTTP1Settings(**options["http1_settings"])
+    server = GatewayServer(
+        plan["target"], tcp_keepalive=plan["tcp_keepalive"], shutdown_delay=plan["shutdown_delay"], **options
+    )
+    # SIGHUP reloads routes.yaml in every worker instead of respawning them (routing/live.py).
+    server.on_startup(forward_sighup)
+    try:
+        server.serve()
+    finally:
+        # The workers' metrics files (made by cli.serve for this run; gateway/metrics.py).
+        shutil.rmtree(plan["metrics_dir"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))

@@ -34,11 +34,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ollama_version: str = Field(default=DEFAULT_OLLAMA_VERSION, pattern=r"^\d+\.\d+\.\d+$")
     ollama_host: str | None = Field(default=None, validation_alias="OLLAMA_HOST")
-    # Extra CORS origins, comma-separated, as Ollama's OLLAMA_ORIGINS (see cors.py).
+    # Extra CORS origins, comma-separated, as Ollama's OLLAMA_ORIGINS (see http/cors.py).
     origins: str = Field(default="", validation_alias=AliasChoices("GATEWAY_ORIGINS", "OLLAMA_ORIGINS"))
     # Extra `Host` names the gateway answers to, comma-separated; `*` turns the check off (hosts.py).
     allowed_hosts: str = ""
-    # Limits (limits.py, guard.py, cli.serve). Per worker: upstream requests at once (a stream
+    # Limits (upstream/limiter.py, http/guard.py, cli.serve). Per worker: upstream requests at once (a stream
     # holds its slot until it ends), and how long a request waits for a slot before its 503.
     max_concurrent_upstream: int = Field(default=1024, ge=1)
     queue_timeout: float = Field(default=10.0, ge=0)
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # served, so a load balancer polling it stops sending first (master.DelayedStop). 0: none
     # (Kubernetes: a preStop pause does the same).
     shutdown_delay: float = Field(default=0.0, ge=0, le=600)
-    # Connections (cli.serve, listener.py, guard.py). Connections each worker serves at once
+    # Connections (cli.serve, listener.py, http/guard.py). Connections each worker serves at once
     # (Granian's backpressure; more wait in the worker's listen queue, `backlog` long); it must
     # exceed `max_concurrent_upstream`, or the limiter's 503 is never reached.
     max_connections: int = Field(default=4096, ge=2)

@@ -83,8 +83,15 @@ def chat(gateway: RunningGateway, timeout: float = 30) -> httpx.Response:
 
 
 def workers(gateway: RunningGateway) -> set[int]:
-    return {child.pid for child in psutil.Process(gateway.process.pid).children() if child.is_running()
-            and child.status() != psutil.STATUS_ZOMBIE}
+    """The live worker processes (a killed one is a zombie until Granian reaps it)."""
+    pids = set()
+    for child in psutil.Process(gateway.process.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def worker_serving(gateway: RunningGateway, client: socket.socket) -> int:
@@ -315,8 +322,12 @@ def test_a_body_trickled_too_slowly_gets_408_while_others_are_served(launch: Cal
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), answer
         assert json.loads(body) == {"error": "request body not received in time (limit 1 s)"}
     assert len(upstream.received) == 1  # only the client that sent its body whole
-    lines = [json.loads(line) for line in running.log_text().splitlines() if '"status":408' in line]
-    assert len(lines) == count and all(line["error"].startswith("request body not received") for line in lines)
+
+    def logged() -> list[dict[str, object]]:  # each summary line is written just after its answer
+        return [json.loads(line) for line in running.log_text().splitlines() if '"status":408' in line]
+
+    assert wait_for(lambda: len(logged()) == count), len(logged())
+    assert all(str(line["error"]).startswith("request body not received") for line in logged())
 
 
 def test_a_client_that_stops_reading_a_stream_is_cut_off_and_frees_the_upstream(
@@ -329,7 +340,9 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off_and_frees_the_upstream(
     response = httpx.post(running.url + "/api/chat", json={"model": "tiny", "messages": USER_HI}, timeout=30)
     assert [line["done"] for line in map(json.loads, response.text.splitlines())] == [False, False, True]
 
-    upstream.enqueue(CHAT, Reply.sse(chat_chunks(["x" * 4000] * 5000)))  # 20 MB: more than any buffer
+    # 20 MB, more than the socket buffers between the gateway and the client hold, then a stall:
+    # the upstream request ends only when the gateway cancels it, whatever the buffers took.
+    upstream.enqueue(CHAT, Reply.sse(chat_chunks(["x" * 4000] * 5000), stall_after=5000, stall=60))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", running.port))

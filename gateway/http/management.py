@@ -35,7 +35,7 @@ from gateway.http.context import RequestContext, context_of
 from gateway.errors import BadRequest, GatewayError, ModelNotFound
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.routing.resolver import Target
-from gateway.upstream.exchange import NDJSON_MEDIA_TYPE
+from gateway.upstream.streams import NDJSON_MEDIA_TYPE
 
 router = APIRouter()
 
@@ -166,7 +166,7 @@ def _validate(model: type[BodyT], raw: dict[str, Any]) -> BodyT:
 
 
 def _resolve(context: RequestContext, name: str) -> Target | None:
-    """The route for `name`, or None; a model the request's key may not use is a 403 (auth.py)."""
+    """The route for `name`, or None; a model the request's key may not use is a 403 (context.py)."""
     try:
         return context.route(name)
     except ModelNotFound:

@@ -1,6 +1,6 @@
 """The streamed response: an `OpenedStream` (first chunk known, rest to come) written as it comes.
 
-The exchange (upstream/exchange.py) opens a stream up to its first chunk, so an error before
+The exchange (upstream/exchange.py, with upstream/streams.py) opens a stream up to its first chunk, so an error before
 the first byte still gets a real status, and ends it with its framing's error chunk when it fails
 after. This only writes: the status line, the first chunk, each later chunk as it arrives, and
 the end. The client leaving cancels it at once (`guard.GuardedRequest` cancels the handler,
@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
 from gateway.http.guard import GUARD_SCOPE_KEY
-from gateway.upstream.exchange import OpenedStream
+from gateway.upstream.streams import OpenedStream
 
 _now = time.monotonic
 

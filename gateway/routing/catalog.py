@@ -60,7 +60,7 @@ class Catalog:
         self._modified_at = rfc3339(modified_ns)
         self.modified_epoch = modified_ns // 1_000_000_000  # `created` in /v1/models
         self._tags = {"models": [self._tag(target) for target in routes]}
-        # Per listed model, the names a key's model patterns are checked against (auth.py): an
+        # Per listed model, the names a key's model patterns are checked against (keys.py): an
         # alias is allowed when its entry's own name is.
         self._grant_names = [(tag["name"], target.route.name) for tag, target in zip(self._tags["models"], routes, strict=True)]
         # What /api/ps reports outlives a reload or a discovery refresh: the same dict goes on.

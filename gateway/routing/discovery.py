@@ -4,7 +4,7 @@ Each worker refreshes each such upstream in the background: once at start, then 
 `discover_interval` seconds, each fetch bounded by `discover_timeout`. Requests never wait for
 it; until the first list arrives the upstream's discovered names are simply not there yet. A
 failed fetch is logged and the upstream keeps its last list. A list that changed is handed to
-`on_change` (reload.py builds a new route map snapshot from it).
+`on_change` (routing/live.py builds a new route map snapshot from it).
 
 An id becomes the Ollama name `prefix + id` (listed with `:latest` when it has no tag). What
 `/v1/models` says about it is kept where providers say it (openai-mapping.md §6): the context

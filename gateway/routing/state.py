@@ -1,6 +1,6 @@
 """What a request works with: settings, route map, translators, clients, catalog, auth keys.
 
-One immutable value per route map in force; reload.py swaps in a new one on a reload or a
+One immutable value per route map in force; routing/live.py swaps in a new one on a reload or a
 discovery refresh, and each request keeps the one it started with.
 """
 

@@ -2,7 +2,7 @@
 
 A translator is made per request from the validated Ollama request, the route target and the
 request's clock. It is pure: it builds the upstream body, turns the upstream's answer back into
-Ollama's shape, and does no IO (the HTTP layer in `api.py` and `upstream.py` does that).
+Ollama's shape, and does no IO (`http/` and `upstream/exchange.py` do that).
 
     Translator            local_reply() -> upstream_body() -> from_response(body)
     StreamingTranslator   ... or, when the client streams: feed(event)* -> finish()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from itertools import repeat
+from operator import truediv
 from typing import Any
 
 from gateway.errors import BadRequest, GatewayError
@@ -78,8 +80,14 @@ def _is_context_error(message: str) -> bool:
 
 
 def unit_vector(vector: list[float]) -> list[float]:
-    """L2-normalize, as Ollama's /api/embed always returns unit vectors."""
-    norm = math.sqrt(math.fsum(value * value for value in vector))
+    """L2-normalize, as Ollama's /api/embed always returns unit vectors.
+
+    No Python-level loop per float: `math.hypot` takes the norm in C, and the division maps C
+    functions over the list (most providers send unit vectors already: returned as is). Each value
+    is divided by the norm, as Ollama does, not multiplied by its inverse (which differs in the
+    last bit).
+    """
+    norm = math.hypot(*vector)
     if norm == 0.0 or abs(norm - 1.0) < 1e-9:
         return vector
-    return [value / norm for value in vector]
+    return list(map(truediv, vector, repeat(norm)))

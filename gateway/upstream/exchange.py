@@ -1,38 +1,33 @@
-"""One request's exchange with the upstreams: attempts, retries and fallbacks, deadlines, and the
-first-byte rule.
+"""One request's exchange with the upstreams: attempts, retries and fallbacks, and deadlines.
 
     Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
                                         says: the same target again, then each fallback
     TranslatedCall                      a translator's request: one JSON answer, or its NDJSON
-                                        stream opened up to the first line
+                                        stream opened up to the first line (streams.open_stream,
+                                        the first-byte rule)
     RelayCall                           `/v1`: the body with the target's model id, the answer as is
-    open_stream(chunks, framing, ...)   the first-byte rule, the one place it is written
-
-The first-byte rule: a stream is run up to its first chunk before the response starts, so any
-failure until then is an exception (a real status, and failover may still try elsewhere).
-After it, a failure becomes one last chunk in the stream's own framing (`Framing.error_chunk`:
-an NDJSON `{"error": ...}` line, an SSE error event) and the stream ends; never a `done` chunk.
 
 Deadlines per attempt (routes.yaml): `first_token_timeout` abandons an attempt whose first chunk
 has not come (and falls back), `total_timeout` bounds the whole request, stream included. Every
 failed attempt is logged (`upstream_attempt`, with its target and outcome), and so is the
 success that follows one; a request answered at the first try is only in its summary line.
-Each upstream request holds a slot of the worker's limiter until its answer is closed.
+Each upstream request holds a slot of the worker's limiter until its answer is closed. Every
+attempt is counted (gateway_upstream_attempts_total), and the time spent waiting on the upstream
+is added to the request's record (`upstream_ns`, for gateway_overhead_seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
-import time
-
 import structlog
 from tenacity import RetryCallState
 
-from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout, error_body
+from gateway.errors import BadRequest, GatewayError, Unsuitable, UpstreamTimeout
 from gateway.logs import RequestRecord
 from gateway.ollama import ModelRequest
 from gateway.routing.resolver import RouteMap, Target
@@ -42,13 +37,12 @@ from gateway.upstream import failover
 from gateway.upstream.calls import Relay, open_events, open_relay, post_json
 from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.faults import fault
-from gateway.upstream.redact import Secrets
+from gateway.upstream.streams import NDJSON_FRAMING, Framing, OpenedStream, open_stream
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
-NDJSON_MEDIA_TYPE = "application/x-ndjson"
 _dumps: Callable[[Any], bytes] = orjson.dumps
 _now_ns = time.perf_counter_ns
 
@@ -57,116 +51,6 @@ class Call(Protocol[T_co]):
     """What one request sends: `attempt(target, first)` tries it on one target."""
 
     async def attempt(self, target: Target, first: bool) -> T_co: ...
-
-
-class Framing(Protocol):
-    """How a stream is framed: its media type, and the last chunk that carries an error."""
-
-    @property
-    def media_type(self) -> str: ...
-
-    def error_chunk(self, error: GatewayError) -> bytes: ...
-
-
-class NDJSON:
-    """Ollama's streams: one JSON object a line."""
-
-    media_type = NDJSON_MEDIA_TYPE
-
-    def error_chunk(self, error: GatewayError) -> bytes:
-        return error_body(error.message) + b"\n"
-
-
-NDJSON_FRAMING = NDJSON()
-
-
-class OpenedStream:
-    """A stream past its first chunk: `first`, then `rest` (which ends with an error chunk, if any)."""
-
-    __slots__ = ("first", "rest", "framing")
-
-    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], framing: Framing) -> None:
-        self.first = first
-        self.rest = rest
-        self.framing = framing
-
-    @property
-    def media_type(self) -> str:
-        return self.framing.media_type
-
-    def error_chunk(self, error: GatewayError) -> bytes:
-        return self.framing.error_chunk(error)
-
-
-async def open_stream(
-    chunks: AsyncGenerator[bytes, None],
-    framing: Framing,
-    record: RequestRecord,
-    secrets: Secrets,
-    *,
-    first_within: float | None = None,
-    on_first_timeout: Callable[[], GatewayError] | None = None,
-    deadline: float | None = None,
-    on_deadline: Callable[[], GatewayError] | None = None,
-    allow_empty: bool = False,
-) -> OpenedStream:
-    """Run `chunks` to its first chunk (raising any failure), then hand the rest over.
-
-    `first_within` (seconds) bounds the wait for the first chunk and `deadline` (loop time) the
-    whole stream, each failing with its own error. `allow_empty`: a stream that ends at once has
-    an empty body (the `/v1` relay) instead of being an error.
-    """
-    limit, too_slow = first_within, on_first_timeout
-    if deadline is not None:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if limit is None or remaining < limit:
-            limit, too_slow = remaining, on_deadline
-    try:
-        if limit is None:
-            first = await anext(chunks)
-        else:
-            async with asyncio.timeout(limit):
-                first = await anext(chunks)
-    except StopAsyncIteration:
-        await chunks.aclose()
-        if not allow_empty:
-            raise
-        first = b""
-    except TimeoutError as exc:
-        await chunks.aclose()
-        assert too_slow is not None
-        raise too_slow() from exc
-    except BaseException:
-        await chunks.aclose()
-        raise
-    return OpenedStream(first, _after_first(chunks, framing, record, secrets, deadline, on_deadline), framing)
-
-
-async def _after_first(
-    chunks: AsyncGenerator[bytes, None], framing: Framing, record: RequestRecord, secrets: Secrets,
-    deadline: float | None, too_slow: Callable[[], GatewayError] | None,
-) -> AsyncGenerator[bytes, None]:
-    try:
-        if deadline is None:
-            async for chunk in chunks:
-                yield chunk
-            return
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                assert too_slow is not None
-                raise too_slow() from None
-            yield chunk
-    except GatewayError as exc:
-        exc.message = secrets.scrub(exc.message)
-        record.fail(exc, after_first_byte=True)
-        yield framing.error_chunk(exc)
-    finally:
-        await chunks.aclose()
 
 
 class Exchange:

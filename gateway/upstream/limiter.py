@@ -3,7 +3,7 @@
 `UpstreamLimiter` lets at most `GATEWAY_MAX_CONCURRENT_UPSTREAM` upstream requests run at once in
 a worker (a stream holds its slot until it ends); the next ones wait up to
 `GATEWAY_QUEUE_TIMEOUT` seconds for a slot and then get Ollama's 503 "server busy". The body size
-limit, the disconnect watcher and the shutdown drain are in `guard.py`; header size and count
+limit, the disconnect watcher and the shutdown drain are in `http/guard.py`; header size and count
 limits are Granian's (`cli.serve`).
 
 `check_body` bounds what a parsed body holds (`GATEWAY_MAX_MESSAGES`, `GATEWAY_MAX_INPUTS`,

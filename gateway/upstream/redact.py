@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, AnyStr, Generic, NamedTuple
 
-# The client's own bearer token, set per request when an upstream says `pass_client_key` (auth.py
-# re-exports it; upstream.py sends it); masked like a configured secret.
+# The client's own bearer token, set per request by the front layer when an upstream says
+# `pass_client_key` (http/front.py; upstream/clients.py sends it); masked like a configured secret.
 CLIENT_KEY: ContextVar[str | None] = ContextVar("client_key", default=None)
 
 MASK = "***"
