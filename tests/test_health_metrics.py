@@ -245,3 +245,31 @@ auth:
         assert sample(text, "gateway_requests_total", endpoint="/health/ready", status="200") >= 1
     finally:
         gateway.stop()
+
+
+def test_fallbacks_relays_and_reloads_are_counted(own_upstream: FakeUpstream, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    text = routes_yaml(own_upstream.url, "  - {name: rescued, upstream: dead, fallbacks: [tiny]}\n")
+    routes.write_text(text)
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2)
+    try:
+        # A failed try on `dead`, then the fallback on `fake`: two attempts, one request.
+        assert chat(gateway.url, model="rescued").status_code == 200
+        relayed = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "tiny", "messages": USER_HI}, timeout=30)
+        assert relayed.status_code == 200
+        text_now = scrape(gateway.url)
+        assert sample(text_now, "gateway_upstream_attempts_total", upstream="dead", outcome="error") == 1
+        assert sample(text_now, "gateway_upstream_attempts_total", upstream="fake", outcome="ok") == 2
+        assert sample(text_now, "gateway_requests_total", endpoint="/api/chat", model="rescued:latest", upstream="fake",
+                      status="200") == 1
+        assert sample(text_now, "gateway_requests_total", endpoint="/v1/chat/completions", model="tiny:latest",
+                      upstream="fake", status="200") == 1
+
+        # One edit reloads in each worker; a broken file is rejected by each.
+        routes.write_text(text + "  - {name: extra, upstream: fake}\n")
+        assert wait_for(lambda: sample(scrape(gateway.url), "gateway_route_map_reloads_total", result="ok") == 2, 30)
+        routes.write_text("models: [")
+        assert wait_for(lambda: sample(scrape(gateway.url), "gateway_route_map_reloads_total", result="rejected") == 2, 30)
+        assert sample(scrape(gateway.url), "gateway_route_map_reloads_total", result="ok") == 2
+    finally:
+        gateway.stop()
