@@ -63,14 +63,24 @@ class DelayedStop:
     (it then stops accepting, closes idle connections and drains). A load balancer that polls
     `/health/ready` stops sending meanwhile, while every request still gets served. SIGINT
     (Ctrl-C) and a second SIGTERM stop at once.
+
+    A worker inherits this handler when it is forked and keeps it until Granian installs its
+    own, just before it serves: a stop signal in that window (the master stopping right after
+    it respawned a worker) ends the worker there, instead of being taken for the master's and
+    lost, which left the worker running on its own once the master was gone.
     """
 
     def __init__(self, delay: float, stop: Callable[..., Any]) -> None:
         self.delay = delay
         self._stop = stop
         self._timer: threading.Timer | None = None
+        self._master = os.getpid()
 
     def __call__(self, signum: int, frame: object = None) -> None:
+        if os.getpid() != self._master:  # a worker still starting: it serves nothing yet
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if signum != signal.SIGTERM or self._timer is not None or self.delay <= 0:
             self._stop(signum, frame)
             return

@@ -150,6 +150,8 @@ def test_streams_in_flight_and_time_to_first_chunk(two_workers: RunningGateway, 
 
 
 def test_a_killed_worker_leaves_its_counts_but_not_its_streams(two_workers: RunningGateway, own_upstream: FakeUpstream) -> None:
+    for _ in range(10):  # served by both workers, the one killed below included
+        assert chat(two_workers.url).status_code == 200
     own_upstream.enqueue(CHAT, Reply.sse(chat_chunks(["tick"] * 200), delay=0.1))
     connection = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=30)
     body = json.dumps({"model": "tiny", "messages": USER_HI})
@@ -157,12 +159,19 @@ def test_a_killed_worker_leaves_its_counts_but_not_its_streams(two_workers: Runn
     response = connection.getresponse()
     assert response.status == 200 and response.readline()
     worker = serving_worker(two_workers, connection)
+    (survivor,) = [pid for pid in worker_pids(two_workers) if pid != worker]
     assert sample(scrape(two_workers.url), "gateway_streams_in_flight") == 1
     psutil.Process(worker).kill()
     connection.close()
-    # Granian respawns the worker; its share of the live gauge goes, its request stays counted.
+    # Granian respawns the worker: its share of the live gauge goes, what it served stays counted
+    # (the stream it was writing was never answered: not counted).
     assert wait_for(lambda: len(worker_pids(two_workers)) == 2 and worker not in worker_pids(two_workers), 30)
+    replacement = next(pid for pid in worker_pids(two_workers) if pid != survivor)
     assert wait_for(lambda: _scrape_or_empty(two_workers.url).count("gateway_streams_in_flight 0.0") == 1, 30)
+    assert sample(scrape(two_workers.url), "gateway_requests_total", endpoint="/api/chat") == 10
+    # Stopped at once, while the replacement may still be starting: nothing is left running.
+    two_workers.stop()
+    assert wait_for(lambda: not psutil.pid_exists(replacement) or psutil.Process(replacement).status() == psutil.STATUS_ZOMBIE, 20)
 
 
 def _scrape_or_empty(url: str) -> str:
@@ -271,5 +280,23 @@ def test_fallbacks_relays_and_reloads_are_counted(own_upstream: FakeUpstream, tm
         routes.write_text("models: [")
         assert wait_for(lambda: sample(scrape(gateway.url), "gateway_route_map_reloads_total", result="rejected") == 2, 30)
         assert sample(scrape(gateway.url), "gateway_route_map_reloads_total", result="ok") == 2
+    finally:
+        gateway.stop()
+
+
+def test_a_stop_right_after_a_respawn_leaves_no_worker_behind(own_upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A worker gets the master's signal handlers when forked, until Granian installs its own; a
+    SIGTERM in between used to be taken for the master's and lost, and the worker ran on alone."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(own_upstream.url))
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2)
+    try:
+        first = worker_pids(gateway)
+        psutil.Process(first[0]).kill()
+        assert wait_for(lambda: len(set(worker_pids(gateway)) - set(first)) == 1, 30)
+        (replacement,) = set(worker_pids(gateway)) - set(first)
+        gateway.process.send_signal(signal.SIGTERM)  # at once, while the replacement starts
+        assert gateway.process.wait(30) == 0
+        assert wait_for(lambda: not psutil.pid_exists(replacement), 20), "the replacement outlived the master"
     finally:
         gateway.stop()
