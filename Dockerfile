@@ -20,6 +20,6 @@ ENV GATEWAY_HOST=0.0.0.0 \
     GATEWAY_LOG_FORMAT=json
 EXPOSE 11434
 HEALTHCHECK --interval=30s --timeout=5s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:11434/', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:11434/health/live', timeout=4)"]
 ENTRYPOINT ["ollama-gateway"]
 CMD ["serve"]

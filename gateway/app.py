@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from gateway import __version__, tracing
 from gateway.errors import GatewayError, error_response
 from gateway.http.cors import Cors, OriginPolicy, allowed_origins
-from gateway.http import anthropic_api, ollama_api, openai_api, responses_api
+from gateway.http import anthropic_api, observability, ollama_api, openai_api, responses_api
 from gateway.http.anthropic_api import anthropic_error
 from gateway.http.anthropic_api import router as anthropic_router
 from gateway.http.context import context_in
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Front:
         app, live=live, hosts=hosts, cors=Cors(OriginPolicy(allowed_origins(settings.origins)), hosts),
         drain=drain, max_body_bytes=settings.max_body_bytes, log_content=settings.log_content, direct=_direct_routes(),
         root_path=settings.root_path,
+        endpoints=frozenset(path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))),
     )
 
 
@@ -123,7 +124,10 @@ def _direct_routes() -> dict[tuple[str, str], Direct]:
     anthropic = {path: Direct(handler, anthropic_error) for path, handler in (
         ("/v1/messages", anthropic_api.messages), ("/v1/messages/count_tokens", anthropic_api.count_tokens),
     )}
-    return {("POST", path): direct for path, direct in (ollama | openai | anthropic).items()}
+    routes = {("POST", path): direct for path, direct in (ollama | openai | anthropic).items()}
+    # Behind auth like the API; the health probes are answered before it (front.py).
+    routes[("GET", observability.METRICS)] = Direct(observability.metrics, ollama_error)
+    return routes
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from gateway.translators import BindingError, load_bindings
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
-    overrides = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "probe") and value is not None}
     try:
         settings = Settings(**overrides)
         settings.bind_address()
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ollama-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
     if command == "check":
-        return check(settings.routes)
+        return check(settings.routes, probe=args.probe)
     return serve(settings)
 
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser("check", help="validate routes.yaml and print the routes")
     for sub in (parser, serve_parser, check_parser):
         sub.add_argument("--routes", type=Path, default=argparse.SUPPRESS if sub is not parser else None, help="route map file (GATEWAY_ROUTES, default routes.yaml)")
+    check_parser.add_argument("--probe", action="store_true",
+                              help="also call each upstream's GET /models (its key, its discover_timeout); exit 1 if one fails")
     for sub in (parser, serve_parser):
         default = argparse.SUPPRESS if sub is not parser else None
         sub.add_argument("--host", default=default, help="listen address (GATEWAY_HOST, OLLAMA_HOST, default 127.0.0.1)")
@@ -54,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check(routes: Path) -> int:
-    """Validate the route map; print each model with its upstream, and any warning."""
+def check(routes: Path, probe: bool = False) -> int:
+    """Validate the route map; print each model with its upstream, and any warning; with `probe`,
+    call every upstream too."""
     try:
         route_map = load_route_map(routes)
         load_bindings(route_map.endpoints)
@@ -66,7 +70,13 @@ def check(routes: Path) -> int:
     print(_route_table(route_map))
     for warning in route_map.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    if probe:
+        from gateway.probe import probe_upstreams
+
+        return probe_upstreams(route_map)
     return 0
+
+
 
 
 def _route_table(route_map: RouteMap) -> str:
@@ -85,7 +95,7 @@ def _route_table(route_map: RouteMap) -> str:
     for name, upstream in route_map.upstreams.items():
         if upstream.discover:
             rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.display_url))
-    lines = _columns(rows)
+    lines = columns(rows)
     lines.append("")
     upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "TIMEOUTS (connect/first token/total/idle)", "DISCOVER")]
     for name, upstream in route_map.upstreams.items():
@@ -95,7 +105,7 @@ def _route_table(route_map: RouteMap) -> str:
         )
         discover = f"every {upstream.discover_interval:g}s as {upstream.prefix or ''}<id>" if upstream.discover else "-"
         upstream_rows.append((name, upstream.provider, str(upstream.max_retries), timeouts, discover))
-    lines += _columns(upstream_rows)
+    lines += columns(upstream_rows)
     lines.append("")
     if route_map.auth is None:
         lines.append("auth: off (no key is checked)")
@@ -107,7 +117,7 @@ def _route_table(route_map: RouteMap) -> str:
     return "\n".join(lines)
 
 
-def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
 
@@ -120,7 +130,8 @@ _KILL_MARGIN = 5
 def serve(settings: Settings) -> int:
     """Run the app on Granian; each worker rebuilds the settings from the exported environment.
 
-    On SIGTERM Granian stops accepting connections and waits for requests in flight; the app
+    On SIGTERM, after `shutdown_delay` seconds of failing readiness while still serving (none by
+    default), Granian stops accepting connections and waits for requests in flight; the app
     ends what is left after `shutdown_grace` seconds (guard.Drain), and Granian kills a worker
     still alive a few seconds later. Headers beyond `max_header_bytes`, or more than 100 of them,
     get 431 from Granian (hyper) before the app sees the request, and a connection that has not
@@ -144,6 +155,10 @@ def serve(settings: Settings) -> int:
     if warning:
         print(f"ollama-gateway: warning: {warning}", file=sys.stderr)
     os.environ.update(settings.to_environ())
+    # prometheus-client's multi-process mode (metrics.py): the workers' value files, fresh for
+    # this run (stale files would add an earlier run's counts), removed when the server is over.
+    metrics_dir = tempfile.mkdtemp(prefix="ollama-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     host, port = settings.bind_address()
     options: dict[str, Any] = {
         "address": host,
@@ -163,7 +178,10 @@ def serve(settings: Settings) -> int:
         "respawn_failed_workers": True,
         "workers_kill_timeout": math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     }
-    plan = {"target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options}
+    plan = {
+        "target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options,
+        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir,
+    }
     # The master that stays resident starts afresh, importing only what it runs (master.py).
     sys.stdout.flush()
     sys.stderr.flush()

@@ -17,7 +17,7 @@ and of what failover does about it: each row carries its verdict. `upstream/faul
 classifies what happened once (an upstream status, or a fault name such as "dns") and
 `upstream_fault()` builds the error from the row; nothing re-derives a verdict later. Before the
 first streamed byte an error is a status and a JSON body; after it, one last line in the stream's
-own framing (`upstream/exchange.py`).
+own framing (`upstream/streams.py`).
 
     verdict   failover does
     retry     the same target again (its max_retries, backoff), then the next one

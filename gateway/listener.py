@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import socket
 from typing import Any
 
 from granian._granian import SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
+
+from gateway.master import DelayedStop
 
 # Unanswered keepalive probes after which the kernel drops a connection.
 KEEPALIVE_PROBES = 4
@@ -59,11 +62,17 @@ class GatewayServer(MPServer):
     """Granian's process-per-worker server (what `granian.Granian` is on a GIL build), with one
     listening socket per worker slot, made by `listening_socket` and kept by the master."""
 
-    def __init__(self, target: str, *, tcp_keepalive: int, **options: Any) -> None:
+    def __init__(self, target: str, *, tcp_keepalive: int, shutdown_delay: float = 0.0, **options: Any) -> None:
         super().__init__(target, **options)
         self.tcp_keepalive = tcp_keepalive
+        # GATEWAY_SHUTDOWN_DELAY: Granian's SIGTERM/SIGINT handler, wrapped (master.DelayedStop).
+        self._delayed_stop = DelayedStop(shutdown_delay, super().signal_handler_interrupt)
         self._listeners: list[socket.socket] = []
         self._holders: list[SocketHolder] = []
+
+    def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+        signum = args[0] if args else signal.SIGINT
+        self._delayed_stop(signum, args[1] if len(args) > 1 else None)
 
     def _init_shared_socket(self) -> None:
         # Granian's socket state (server/common.py and server/mp.py, 2.8): with `_shd` set and

@@ -179,6 +179,7 @@ class RequestRecord:
         "request_id", "method", "path", "started", "status", "model", "upstream", "upstream_model",
         "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error",
         "validated", "translated", "answered", "streamed", "attempt_ns", "done_reason", "span",
+        "first_byte", "chunks", "prompt_tokens", "completion_tokens", "outcome", "error", "route",
     )
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
@@ -203,6 +204,8 @@ class RequestRecord:
         self.attempt_ns: list[int] | None = None
         self.done_reason: str | None = None
         self.span: Any = None  # the request's server span (gateway.otel), None without tracing
+        # For the metrics (metrics.py): the name of the routed entry (bounded, unlike `model`).
+        self.route: str | None = None
 
     def tokens(self, prompt: int, completion: int) -> None:
         self.prompt_tokens = prompt
@@ -275,15 +278,19 @@ class RequestRecord:
             fields["upstream_ms"] = round(((answered or now) - translated) / 1e6, 3)
         if answered:
             fields["stream_ms"] = round((now - answered) / 1e6, 3)
-        waited = 0
         waits = self.attempt_ns
         if waits:
-            waited = sum(waits)
             fields["attempts"] = len(waits)
             fields["upstream_attempts_ms"] = [round(wait / 1e6, 3) for wait in waits]
-        if self.streamed and answered:
-            waited += now - answered
-        fields["gateway_ms"] = round((now - self.started - waited) / 1e6, 3)
+        fields["gateway_ms"] = round((now - self.started - self.upstream_wait_ns(now)) / 1e6, 3)
+
+    def upstream_wait_ns(self, now: int) -> int:
+        """The time spent waiting on the upstream (the attempts' waits and, for a stream, the
+        stream, paced by the upstream's tokens): what `gateway_ms` and the overhead metric leave out."""
+        waited = sum(self.attempt_ns) if self.attempt_ns else 0
+        if self.streamed and self.answered:
+            waited += now - self.answered
+        return waited
 
 
 class ContentLogMiddleware:

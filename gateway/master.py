@@ -13,8 +13,15 @@ import json
 import multiprocessing
 import os
 import signal
+import shutil
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
+
+# Sent by the master to its workers when SIGTERM arrives with a shutdown delay: /health/ready
+# says 503 from then on, while the worker still serves (guard.Drain.leave).
+LEAVING_SIGNAL = signal.SIGUSR1
 
 
 def forward_sighup() -> None:
@@ -37,6 +44,50 @@ def forward_sighup() -> None:
                 os.kill(child.pid, signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, handler)
+    # A worker not yet listening for LEAVING_SIGNAL must not die of it (the default action).
+    signal.signal(LEAVING_SIGNAL, signal.SIG_IGN)
+
+
+def _signal_workers(signum: int) -> None:
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class DelayedStop:
+    """In the Granian master: SIGTERM first tells the workers to fail their readiness probe
+    (LEAVING_SIGNAL) and only `delay` seconds later stops the server the way Granian does
+    (it then stops accepting, closes idle connections and drains). A load balancer that polls
+    `/health/ready` stops sending meanwhile, while every request still gets served. SIGINT
+    (Ctrl-C) and a second SIGTERM stop at once.
+
+    A worker inherits this handler when it is forked and keeps it until Granian installs its
+    own, just before it serves: a stop signal in that window (the master stopping right after
+    it respawned a worker) ends the worker there, instead of being taken for the master's and
+    lost, which left the worker running on its own once the master was gone.
+    """
+
+    def __init__(self, delay: float, stop: Callable[..., Any]) -> None:
+        self.delay = delay
+        self._stop = stop
+        self._timer: threading.Timer | None = None
+        self._master = os.getpid()
+
+    def __call__(self, signum: int, frame: object = None) -> None:
+        if os.getpid() != self._master:  # a worker still starting: it serves nothing yet
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if signum != signal.SIGTERM or self._timer is not None or self.delay <= 0:
+            self._stop(signum, frame)
+            return
+        _signal_workers(LEAVING_SIGNAL)
+        self._timer = threading.Timer(self.delay, self._stop, (signum, frame))
+        self._timer.daemon = True
+        self._timer.start()
 
 
 def run(plan: dict[str, Any]) -> None:
@@ -53,10 +104,16 @@ def run(plan: dict[str, Any]) -> None:
     options["http"] = HTTPModes(options["http"])
     options["log_level"] = LogLevels(options["log_level"])
     options["http1_settings"] = HTTP1Settings(**options["http1_settings"])
-    server = GatewayServer(plan["target"], tcp_keepalive=plan["tcp_keepalive"], **options)
+    server = GatewayServer(
+        plan["target"], tcp_keepalive=plan["tcp_keepalive"], shutdown_delay=plan["shutdown_delay"], **options
+    )
     # SIGHUP reloads routes.yaml in every worker instead of respawning them (routing/live.py).
     server.on_startup(forward_sighup)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        # The workers' metrics files (made by cli.serve for this run; gateway/metrics.py).
+        shutil.rmtree(plan["metrics_dir"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Seconds in-flight requests get to finish after SIGTERM; keep it below the orchestrator's
     # own kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 by default).
     shutdown_grace: float = Field(default=25.0, ge=0, le=1800)
+    # Seconds between SIGTERM and the drain: /health/ready says 503 while requests are still
+    # served, so a load balancer polling it stops sending first (master.DelayedStop). 0: none
+    # (Kubernetes: a preStop pause does the same).
+    shutdown_delay: float = Field(default=0.0, ge=0, le=600)
     # Connections (cli.serve, listener.py, http/guard.py). Connections each worker serves at once
     # (Granian's backpressure; more wait in the worker's listen queue, `backlog` long); it must
     # exceed `max_concurrent_upstream`, or the limiter's 503 is never reached.
@@ -119,7 +123,7 @@ class Settings(BaseSettings):
     def _limits_environ(self) -> dict[str, str]:
         names = (
             "max_concurrent_upstream", "queue_timeout", "max_body_bytes", "max_json_depth", "max_header_bytes",
-            "shutdown_grace", "log_content", "allowed_hosts", "max_messages", "max_inputs", "max_json_items",
+            "shutdown_grace", "shutdown_delay", "log_content", "allowed_hosts", "max_messages", "max_inputs", "max_json_items",
             "max_upstream_answer_bytes", "max_connections", "backlog", "header_timeout", "body_timeout",
             "send_timeout", "tcp_keepalive", "root_path",
         )

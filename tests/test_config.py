@@ -116,7 +116,7 @@ def test_the_master_process_imports_only_what_it_runs() -> None:
     code = (
         "import sys, gateway.master, gateway.listener; "
         "heavy = {'pydantic', 'pydantic_settings', 'yaml', 'fastapi', 'starlette', 'aiohttp', 'structlog', 'openai', "
-        "'gateway.app', 'gateway.cli', 'gateway.settings'} & set(sys.modules); print(sorted(heavy))"
+        "'gateway.app', 'gateway.cli', 'gateway.settings', 'gateway.metrics', 'prometheus_client'} & set(sys.modules); print(sorted(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"

@@ -55,6 +55,8 @@ class RequestContext:
         target = self.state.route_map.resolve(name)
         if target is None:
             raise ModelNotFound(shown_name if shown_name is not None else name)
+        route = target.route
+        record.route = route.name if route.is_pattern else route.listed_name  # bounded: an entry of the map
         grant = self.grant
         if grant is not None and not grant.allows(name, target.listed_name, None if target.route.is_pattern else target.route.name):
             raise ModelForbidden(name)

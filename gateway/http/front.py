@@ -8,6 +8,8 @@ In order, for each request, with its headers read once:
     CORS (cors.py)           a refused origin 403, a preflight 204; otherwise its headers added
     path prefix              `GATEWAY_ROOT_PATH` dropped from the front of the path (prefix.py)
     trailing slash           `/api/tags/` served as `/api/tags` (slashes.py)
+    health probes            `/health/live` and `/health/ready` answered here, before auth
+                             (observability.py)
     the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
                              change it; the request context made (context.py)
     auth (auth.py)           routes.yaml `auth`: a request without a valid key gets 401
@@ -18,6 +20,8 @@ In order, for each request, with its headers read once:
 
 With `--log-level debug` a request that did not end well also leaves a `failed` event (the
 stage it was in, why); with tracing on (tracing.py) its server span starts and ends here.
+When the response is over, the request is counted in the metrics (gateway/metrics.py, its
+endpoint label the route's path template) right after its summary line.
 
 An exception no handler caught is answered with Ollama's JSON 500 and logged as one
 `unhandled_exception` line (type, message, where), not a traceback per request. Nothing here runs
@@ -46,6 +50,7 @@ from gateway.http.cors import Cors
 from gateway.http.guard import Drain, RequestGuard
 from gateway.http.hosts import HostPolicy, refusal
 from gateway.http.prefix import without_root_path
+from gateway.http.observability import HEALTH_METHODS, HEALTH_PATHS, answer_health
 from gateway.http.slashes import without_trailing_slash
 from gateway.logs import ContentLogMiddleware, RequestRecord
 from gateway.routing.live import LiveGateway
@@ -70,10 +75,14 @@ class Front:
     def __init__(
         self, app: ASGIApp, *, live: LiveGateway, hosts: HostPolicy, cors: Cors, drain: Drain, max_body_bytes: int,
         log_content: bool = False, direct: Mapping[tuple[str, str], Direct] | None = None, root_path: str = "",
+        endpoints: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.root_path = root_path  # GATEWAY_ROOT_PATH (prefix.py); "" serves at the root only
         self.direct = dict(direct or {})
+        # The paths that are their own metrics label (the app's routes without a parameter).
+        self.endpoints = endpoints | {path for _, path in self.direct} | HEALTH_PATHS
+        self.drain = drain
         self.live = live
         self.hosts = hosts
         self.cors = cors
@@ -120,6 +129,7 @@ class Front:
             record.span = tracer.start_request(scope, record)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         added = [(_REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+        served = scope
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -140,7 +150,8 @@ class Front:
                 return
             added += cors_headers
             served = without_root_path(scope, self.root_path) if self.root_path else scope
-            await self._serve(without_trailing_slash(served), receive, send_with_id, record, authorization)
+            served = without_trailing_slash(served)
+            await self._serve(served, receive, send_with_id, record, authorization)
         except Exception as exc:
             await self._crashed(exc, scope, receive, send_with_id, record)
         except BaseException as exc:
@@ -155,9 +166,22 @@ class Front:
             if tracer is not None:
                 tracer.end_request(record, fields)
             log.info("request", **fields)
+            _observe(record, self._endpoint(served))
             structlog.contextvars.unbind_contextvars("request_id")
 
+    def _endpoint(self, scope: Scope) -> str:
+        """The metrics label of a request's path: itself if it is a route's, else the template
+        of the route FastAPI matched, else `other` (never a raw path: labels stay bounded)."""
+        path: str = scope["path"]
+        if path in self.endpoints:
+            return path
+        template = getattr(scope.get("route"), "path", None)
+        return template if isinstance(template, str) else "other"
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, authorization: bytes | None) -> None:
+        if scope["path"] in HEALTH_PATHS and scope["method"] in HEALTH_METHODS:
+            await answer_health(send, scope["path"], scope["method"], loaded=self.live.loaded, ready=self.drain.ready)
+            return
         snapshot = self.live.current
         state = snapshot.state
         context = RequestContext(record, state)
@@ -193,6 +217,15 @@ class Front:
         record.fail(error, after_first_byte=bool(record.status))
         if not record.status:
             await error_response(error)(scope, receive, send)
+
+
+def _observe(record: RequestRecord, endpoint: str) -> None:
+    from gateway import metrics  # the workers' only: the Granian master never loads prometheus-client
+
+    try:
+        metrics.observe_request(record, endpoint)
+    except Exception as exc:  # never the request's problem
+        log.warning("metrics_failed", exception=f"{type(exc).__name__}: {exc}")
 
 
 def internal_error(record: RequestRecord) -> GatewayError:

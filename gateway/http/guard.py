@@ -41,6 +41,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import RequestRecord
+from gateway.master import LEAVING_SIGNAL
 from gateway.errors import (
     SHUTTING_DOWN,
     BadRequest,
@@ -74,7 +75,19 @@ class Drain:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.closing = False
+        # Shutting down soon (GATEWAY_SHUTDOWN_DELAY): readiness fails, requests are still served.
+        self.leaving = False
         self.active: set[GuardedRequest] = set()
+
+    @property
+    def ready(self) -> bool:
+        """What /health/ready says: false from the moment a shutdown begins."""
+        return not (self.closing or self.leaving)
+
+    def leave(self) -> None:
+        if not self.leaving and not self.closing:
+            self.leaving = True
+            log.info("leaving", in_flight=len(self.active), detail="readiness fails; requests still served until SIGTERM")
 
     def begin(self) -> None:
         if self.closing:
@@ -129,6 +142,10 @@ def follow_server_signals(drain: Drain) -> Callable[[], None]:
     """
     loop = asyncio.get_running_loop()
     replaced: dict[int, Any] = {}
+    try:
+        loop.add_signal_handler(LEAVING_SIGNAL, drain.leave)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        pass
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         if not callable(previous):
@@ -147,6 +164,10 @@ def follow_server_signals(drain: Drain) -> Callable[[], None]:
     def undo() -> None:
         for sig, previous in replaced.items():
             signal.signal(sig, previous)
+        try:
+            loop.remove_signal_handler(LEAVING_SIGNAL)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
 
     return undo
 

@@ -35,7 +35,7 @@ from gateway.http.context import RequestContext, context_of
 from gateway.errors import BadRequest, GatewayError, ModelNotFound
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.routing.resolver import Target
-from gateway.upstream.exchange import NDJSON_MEDIA_TYPE
+from gateway.upstream.streams import NDJSON_MEDIA_TYPE
 
 router = APIRouter()
 

@@ -18,7 +18,8 @@ from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
 from gateway.ollama import ShowRequest
 from gateway.routing.names import has_tag
-from gateway.upstream.exchange import OpenedStream, TranslatedCall
+from gateway.upstream.exchange import TranslatedCall
+from gateway.upstream.streams import OpenedStream
 
 router = APIRouter()
 

@@ -1,6 +1,6 @@
 """The streamed response: an `OpenedStream` (first chunk known, rest to come) written as it comes.
 
-The exchange (upstream/exchange.py) opens a stream up to its first chunk, so an error before
+The exchange (upstream/exchange.py, with upstream/streams.py) opens a stream up to its first chunk, so an error before
 the first byte still gets a real status, and ends it with its framing's error chunk when it fails
 after. This only writes: the status line, the first chunk, each later chunk as it arrives, and
 the end. The client leaving cancels it at once (`guard.GuardedRequest` cancels the handler,
@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import logs
 from gateway.errors import GatewayError
 from gateway.http.guard import GUARD_SCOPE_KEY
-from gateway.upstream.exchange import OpenedStream
+from gateway.upstream.streams import OpenedStream
 
 _now = time.monotonic
 log = structlog.get_logger()
@@ -43,6 +43,9 @@ class StreamedResponse(Response):
         rest = self._stream.rest
         # The guard cancels this on disconnect; it only needs to know while the body is open,
         # and when a write is waiting (on a client that stopped reading: `GATEWAY_SEND_TIMEOUT`).
+        from gateway import metrics  # the workers' only (gateway_streams_in_flight)
+
+        metrics.stream_opened()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             guard.open_stream = self
@@ -56,6 +59,7 @@ class StreamedResponse(Response):
             guard.open_stream = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            metrics.stream_closed()
             with anyio.CancelScope(shield=True):
                 await rest.aclose()
             record = self._stream.record

@@ -84,6 +84,11 @@ class LiveGateway:
         return self._current.state.route_map.secrets if self._current is not None else self._route_map.secrets
 
     @property
+    def loaded(self) -> bool:
+        """Whether a route map is in force (`start` has run): what /health/ready waits for."""
+        return self._current is not None
+
+    @property
     def current(self) -> Snapshot:
         assert self._current is not None, "LiveGateway.start() has not run"
         return self._current
@@ -130,6 +135,7 @@ class LiveGateway:
             problem = f"cannot read: {exc.strerror or exc}"
             if reason != "file" or problem != self._problem:  # once, not at every recheck
                 log.error("routes_reload_rejected", reason=reason, routes=str(self.path), error=problem, worker_pid=os.getpid())
+                _count_reload("rejected")
             self._problem = problem
             return False
         self._problem = None
@@ -143,6 +149,7 @@ class LiveGateway:
         except (RouteMapError, BindingError) as exc:
             log.error("routes_reload_rejected", reason=reason, routes=str(self.path), error=str(exc),
                       kept="the map already in force", worker_pid=os.getpid())
+            _count_reload("rejected")
             return False
         self._route_map = route_map
         self._bindings = bindings
@@ -154,6 +161,7 @@ class LiveGateway:
             log.warning("route_map", problem=warning)
         log.info("routes_reloaded", reason=reason, routes=str(self.path), models=len(route_map.models),
                  upstreams=len(route_map.upstreams), worker_pid=os.getpid())
+        _count_reload("ok")
         return True
 
     def _discovered(self) -> None:
@@ -212,6 +220,12 @@ class LiveGateway:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _count_reload(result: str) -> None:
+    from gateway import metrics  # loaded in the workers only
+
+    metrics.reloaded(result)
 
 
 def _modified_ns(path: Path) -> int:

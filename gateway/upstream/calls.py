@@ -287,7 +287,8 @@ async def list_models(client: UpstreamClient, timeout: float, limit: int) -> lis
     name = client.name
     try:
         async with client.session.get(
-            client.url("/models"), headers=client.request_headers(), timeout=aiohttp.ClientTimeout(total=timeout),
+            client.url("/models"), headers=client.request_headers(),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=client.timeout.sock_connect),
             allow_redirects=False,
         ) as response:
             if response.status >= 400:

@@ -91,7 +91,10 @@ class Exchange:
             if error is not None:
                 error.message = self.clients.scrub(error.message)  # before anything logs it
             attempts.ended(error, failed=True)
+            if error is not None:  # a cancelled attempt (the client left) has no outcome to count
+                _count_attempt(target, error)
             raise
+        _count_attempt(target, None)
         status = result.status if isinstance(result, Relay) else 200
         self.record.answered = attempts.ended(None, failed=False, streamed=isinstance(result, OpenedStream), status=status)
         return result
@@ -148,6 +151,18 @@ def _first_token_timeout(target: Target) -> Callable[[], UpstreamTimeout]:
 
 
 RequestT = TypeVar("RequestT", bound=ModelRequest)
+
+
+def _count_attempt(target: Target, error: GatewayError | None) -> None:
+    """gateway_upstream_attempts_total: ok, timeout, skipped (a fallback that cannot take the
+    request, never sent) or error."""
+    from gateway import metrics  # loaded in the workers only
+
+    if error is None:
+        outcome = "ok"
+    else:
+        outcome = "timeout" if isinstance(error, UpstreamTimeout) else "skipped" if isinstance(error, Unsuitable) else "error"
+    metrics.attempt(target.upstream_name, outcome)
 
 
 class TranslatedCall(Generic[RequestT]):
