@@ -71,13 +71,7 @@ async def messages(request: Request) -> Response:
     call = NativeOrTranslated(TranslatedCall(exchange, translator, messages_request, context.clock),
                               RelayCall(exchange, body, "/messages", messages_request.model, passed, request.url.query),
                               "messages_api")
-    try:
-        answer = await exchange.run(target, call)
-    except GatewayError as exc:
-        mapped = translator.map_error(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+    answer = await exchange.run_translated(target, call, translator)
     context.state.catalog.mark_used(target, messages_request.model, None)
     if isinstance(answer, OpenedStream):
         return StreamedResponse(answer, headers=_SSE_HEADERS)

@@ -91,14 +91,8 @@ async def translated(request: Request, endpoint: str) -> Response:
     reply = translator.local_reply()
     if reply is None:
         call = TranslatedCall(context.exchange(), translator, ollama_request, context.clock)
-        try:
-            # Retries and fallbacks (routes.yaml `max_retries`, `fallbacks`), before the first byte.
-            answer = await call.exchange.run(target, call)
-        except GatewayError as exc:
-            mapped = translator.map_error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+        # Retries and fallbacks (routes.yaml `max_retries`, `fallbacks`), before the first byte.
+        answer = await call.exchange.run_translated(target, call, translator)
     state.catalog.mark_used(target, name, keep_alive)
     if reply is not None:
         return json_response(reply)

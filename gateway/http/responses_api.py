@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest
 from gateway.http.body import read_json_object, validate
 from gateway.http.context import context_of
 from gateway.http.openai_api import OpenAIRoute, SSEFraming
@@ -43,13 +43,7 @@ async def responses(request: Request) -> Response:
     call = NativeOrTranslated(TranslatedCall(exchange, translator, responses_request, context.clock),
                               RelayCall(exchange, body, "/responses", responses_request.model, None, request.url.query),
                               "responses_api")
-    try:
-        answer = await exchange.run(target, call)
-    except GatewayError as exc:
-        mapped = translator.map_error(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+    answer = await exchange.run_translated(target, call, translator)
     context.state.catalog.mark_used(target, responses_request.model, None)
     if isinstance(answer, OpenedStream):
         return StreamedResponse(answer, headers=_SSE_HEADERS)

@@ -166,10 +166,8 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
         text = message.get("content") or message.get("refusal") or ""
         thinking = self._thinking_of(message)
         if self._tags is not None:
-            tagged_text, tagged_thinking = self._tags.feed(text)
-            held_text, held_thinking = self._tags.flush()
-            text = tagged_text + held_text
-            thinking += tagged_thinking + held_thinking if self._keep_thinking else ""
+            text, tagged = self._tags.split_whole(text)
+            thinking += tagged if self._keep_thinking else ""
         content: list[dict[str, Any]] = []
         if thinking:
             content.append({"type": "thinking", "thinking": thinking, "signature": ""})

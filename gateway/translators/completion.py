@@ -145,10 +145,8 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         content = message.get("content") or message.get("refusal") or choice.get("text") or ""
         thinking = self._thinking_of(message)
         if self._tags is not None:
-            tagged_content, tagged_thinking = self._tags.feed(content)
-            held_content, held_thinking = self._tags.flush()
-            content = tagged_content + held_content
-            thinking += tagged_thinking + held_thinking if self._keep_thinking else ""
+            content, tagged = self._tags.split_whole(content)
+            thinking += tagged if self._keep_thinking else ""
         tool_calls = None
         if message.get("tool_calls"):
             tool_calls = [

@@ -80,6 +80,12 @@ class ThinkTagSplitter:
         held, self._held = self._held, ""
         return ("", held) if self._thinking else (held, "")
 
+    def split_whole(self, text: str) -> tuple[str, str]:
+        """A complete (non-streamed) answer's text as (content, thinking)."""
+        content, thinking = self.feed(text)
+        held_content, held_thinking = self.flush()
+        return content + held_content, thinking + held_thinking
+
 
 def _partial_tag_length(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a beginning of `tag`."""

@@ -138,10 +138,8 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         text = message.get("content") or message.get("refusal") or ""
         reasoning = self._reasoning_of(message)
         if self._tags is not None:
-            tagged_text, tagged_reasoning = self._tags.feed(text)
-            held_text, held_reasoning = self._tags.flush()
-            text = tagged_text + held_text
-            reasoning += tagged_reasoning + held_reasoning if self._keep_reasoning else ""
+            text, tagged = self._tags.split_whole(text)
+            reasoning += tagged if self._keep_reasoning else ""
         output: list[dict[str, Any]] = []
         if reasoning:
             output.append(self._reasoning_item(new_id("rs_"), reasoning))

@@ -80,6 +80,16 @@ class Exchange:
             first_error = exc
         return await self._fail_over(primary, call, first_error)
 
+    async def run_translated(self, primary: Target, call: Call[T], translator: Translator[Any]) -> T:
+        """`run`, a failure said in the translator's endpoint's words (`Translator.map_error`)."""
+        try:
+            return await self.run(primary, call)
+        except GatewayError as exc:
+            mapped = translator.map_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
     async def _attempt(self, call: Call[T], target: Target, first: bool) -> T:
         """One attempt, timed from its call to its first byte, answer or failure."""
         attempts = self.attempts
