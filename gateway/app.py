@@ -120,6 +120,7 @@ def _direct_routes() -> dict[tuple[str, str], Direct]:
     openai = {path: Direct(handler, openai_error) for path, handler in (
         ("/v1/chat/completions", openai_api.chat_completions), ("/v1/completions", openai_api.completions),
         ("/v1/embeddings", openai_api.embeddings), ("/v1/responses", responses_api.responses),
+        ("/v1/audio/transcriptions", openai_api.audio_transcriptions),
     )}
     anthropic = {path: Direct(handler, anthropic_error) for path, handler in (
         ("/v1/messages", anthropic_api.messages), ("/v1/messages/count_tokens", anthropic_api.count_tokens),

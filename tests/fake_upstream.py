@@ -35,6 +35,7 @@ class Received:
     headers: dict[str, str]
     json: Any
     query: str = ""
+    raw: bytes = b""  # the body as it arrived (a multipart form, say)
 
 
 @dataclass
@@ -190,7 +191,7 @@ class FakeUpstream:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode(errors="replace")
-            self.received.append(Received(request.method, request.path, dict(request.headers), body, request.query_string))
+            self.received.append(Received(request.method, request.path, dict(request.headers), body, request.query_string, raw))
             queue = self._replies.get(request.path)
             reply = queue.popleft() if queue else self._default(request.path, body)
             return await self._send(request, reply)

@@ -184,7 +184,8 @@ def _answer(response: httpx.Response) -> tuple[int, str, str]:
 @given(path=st.from_regex(r"\A/[a-zA-Z0-9_.~-]{1,12}(/[a-zA-Z0-9_.~-]{0,12}){0,3}\Z"),
        method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]))
 def test_unknown_paths_get_ollamas_plain_404(gateway: RunningGateway, path: str, method: str) -> None:
-    known = {route_path for _, route_path in request_models()} | {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
+    known = {route_path for _, route_path in request_models()} | {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models",
+                                                                  "/v1/audio/transcriptions"}
     if path.rstrip("/") in known or path.startswith(("/api/blobs/", "/v1/models/")) or path in ("/openapi.json",):
         return
     response = httpx.request(method, gateway.url + path, timeout=TIMEOUT, follow_redirects=False)
@@ -215,7 +216,7 @@ OPERATIONS = sorted(
     {(method.upper(), path) for method, path in request_models()}
     | {("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/api/tags"), ("HEAD", "/api/tags"),
        ("GET", "/api/ps"), ("HEAD", "/api/ps"), ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
-       ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}")}
+       ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"), ("POST", "/v1/audio/transcriptions")}
 )
 
 

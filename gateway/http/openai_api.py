@@ -42,6 +42,7 @@ from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRe
 from gateway.upstream.redact import Secrets
 from gateway.http.streaming import StreamedResponse
 from gateway.upstream.exchange import RelayCall
+from gateway.upstream.forms import MultipartForm
 
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
@@ -92,6 +93,28 @@ async def embeddings(request: Request) -> Response:
     return await _relay(request, "/embeddings")
 
 
+# The form as OpenAI documents it (the SDK's `audio.transcriptions.create`); only `model` is read.
+_TRANSCRIPTION_FORM: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "model"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+                   "language": {"type": "string"}, "prompt": {"type": "string"}, "response_format": {"type": "string"},
+                   "temperature": {"type": "number"}},
+    "description": "A transcription request, passed to the routed upstream with its model id",
+}}}}}
+
+
+@router.post("/v1/audio/transcriptions", openapi_extra=_TRANSCRIPTION_FORM)
+async def audio_transcriptions(request: Request) -> Response:
+    """The client's multipart form to the routed upstream's `/audio/transcriptions`, byte for byte
+    but for the `model` field's value; the answer (JSON, text, SRT/VTT or SSE) relayed as is."""
+    context = context_of(request)
+    form = MultipartForm.parse(request.headers.get("content-type", ""), await request.body())
+    name = form.field("model")
+    if not name:
+        raise BadRequest("model is required")
+    return await _answer(request, RelayCall(context.exchange(), form, "/audio/transcriptions", name))
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     context = context_of(request)
@@ -118,8 +141,13 @@ async def _relay(request: Request, path: str) -> Response:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required")
-    primary = context.route(name)
-    call = RelayCall(context.exchange(), body, path, name)
+    return await _answer(request, RelayCall(context.exchange(), body, path, name))
+
+
+async def _answer(request: Request, call: RelayCall) -> Response:
+    """Run the relay on the routed target (and its fallbacks); the answer whole, or streamed."""
+    context = context_of(request)
+    primary = context.route(call.name)
     reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
         return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, context.state.clients.secrets)))

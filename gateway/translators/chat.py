@@ -21,8 +21,11 @@ class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
     def uses_tools(self) -> bool:
         return bool(self.request.tools)
 
+    def images(self) -> list[str]:
+        return [image for message in self.request.messages for image in message.images or ()]
+
     def upstream_messages(self) -> list[dict[str, Any]]:
-        return upstream_messages(self.request.messages, self.target.quirks, self.tool_names)
+        return upstream_messages(self.request.messages, self.target.quirks, self.tool_names, self.takes_audio)
 
     def upstream_body(self) -> dict[str, Any]:
         body = super().upstream_body()

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.ollama import GenerationRequest
 from gateway.translators.base import StreamingTranslator
-from gateway.translators.messages import ToolNames
+from gateway.translators.messages import ToolNames, audio_entry, audio_refused
 from gateway.translators.options import response_format, sampling_params
 from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
 from gateway.translators.toolcalls import ToolCallAssembler, ollama_tool_call
@@ -75,6 +75,15 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
     def uses_tools(self) -> bool:
         return False
 
+    def images(self) -> list[str]:
+        """Every `images` entry of the request (audio ones included)."""
+        return []
+
+    @property
+    def takes_audio(self) -> bool:
+        """The route declares `audio`: WAV and MP3 entries of `images` go up as `input_audio`."""
+        return "audio" in (self.target.route.capabilities or ())
+
     # -- request -----------------------------------------------------------------------------
 
     @property
@@ -93,11 +102,15 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
     def check_capabilities(self) -> None:
         """400s as Ollama gives them, for models whose routes.yaml entry declares capabilities."""
         declared = self.target.route.capabilities
+        name = self.request.model
+        if declared and "completion" not in declared:
+            raise BadRequest(f'"{name}" does not support {self.verb}')
+        if not self.takes_audio:  # read from each entry's first bytes: WAV or MP3 needs `audio`
+            for index, entry in enumerate(self.images()):
+                if (sound := audio_entry(entry)) is not None:
+                    raise BadRequest(audio_refused(index, sound, name))
         if not declared:
             return
-        name = self.request.model
-        if "completion" not in declared:
-            raise BadRequest(f'"{name}" does not support {self.verb}')
         if self.request.think not in (None, False) and "thinking" not in declared:
             raise BadRequest(f'"{name}" does not support thinking')
         if self.uses_tools() and "tools" not in declared:

@@ -43,11 +43,14 @@ class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
         if self.request.suffix and (not self.target.quirks.completions or (declared and "insert" not in declared)):
             raise BadRequest(f'"{self.request.model}" does not support insert')
 
+    def images(self) -> list[str]:
+        return list(self.request.images or ())
+
     def upstream_messages(self) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if self.request.system:
             messages.append({"role": "system", "content": self.request.system})
-        messages.append({"role": "user", "content": user_content(self.request.prompt, self.request.images)})
+        messages.append({"role": "user", "content": user_content(self.request.prompt, self.request.images, self.takes_audio)})
         return messages
 
     def upstream_body(self) -> dict[str, Any]:

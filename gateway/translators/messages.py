@@ -2,7 +2,8 @@
 
 - Images (base64, or a full data URI) become `image_url` parts with the MIME type sniffed from
   the bytes; only `user` messages may carry them upstream, so images on other roles move into a
-  user message placed after the tool-result block.
+  user message placed after the tool-result block. An entry that sniffs as WAV or MP3 audio goes
+  up as an `input_audio` part when the route declares the `audio` capability, else is a 400.
 - Assistant tool calls go up with JSON-string arguments and ids: the client's id, else a
   deterministic one (same conversation, same ids: upstream prompt caches keep working).
 - Tool results are paired with their calls whether the client sent `tool_call_id`, only
@@ -17,7 +18,7 @@ import base64
 import binascii
 import hashlib
 import re
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -114,8 +115,9 @@ def merge_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [merged, *(m for m in messages[leading:] if m["role"] != "system")]
 
 
-def image_part(encoded: str, index: int) -> dict[str, Any]:
-    """An `image_url` part for one Ollama image; 400 for bad base64 or bytes that are no image."""
+def image_part(encoded: str, index: int, audio: bool = False) -> dict[str, Any]:
+    """An `image_url` part for one Ollama image (an `input_audio` part for WAV or MP3 bytes when
+    the route takes `audio`); 400 for bad base64, audio the route does not take, or other bytes."""
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:
@@ -124,9 +126,21 @@ def image_part(encoded: str, index: int) -> dict[str, Any]:
         position = _first_bad_base64_byte(encoded)
         raise BadRequest(f"illegal base64 data at input byte {position}") from exc
     mime = sniff_image_type(raw)
-    if mime is None:
-        raise BadRequest(f"image {index} is not a PNG, JPEG, GIF or WebP image")
-    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}
+    if mime is not None:
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}
+    sound = sniff_audio_format(raw)
+    if sound is None:
+        also = ", or WAV or MP3 audio" if audio else ""
+        raise BadRequest(f"image {index} is not a PNG, JPEG, GIF or WebP image{also}")
+    if not audio:
+        raise BadRequest(audio_refused(index, sound))
+    return {"type": "input_audio", "input_audio": {"data": encoded, "format": sound}}
+
+
+def audio_refused(index: int, sound: str, model: str = "") -> str:
+    who = f'"{model}"' if model else "the model"
+    return (f"image {index} is {sound.upper()} audio, and {who} does not take audio: add `audio` to the "
+            "`capabilities` of its entry in routes.yaml if its upstream model accepts `input_audio`")
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -141,6 +155,33 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
+def sniff_audio_format(data: bytes) -> Literal["wav", "mp3"] | None:
+    """`wav` for a RIFF/WAVE file; `mp3` for an ID3 tag or an MPEG audio Layer III frame header
+    (11-bit sync, a version that is not reserved, layer III, a bitrate that is neither free nor
+    bad, a sample rate that is not reserved). Layer I/II and AAC (ADTS, layer 0) are not MP3."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data.startswith(b"ID3"):
+        return "mp3"
+    if len(data) >= 3 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
+        version, layer = (data[1] >> 3) & 0b11, (data[1] >> 1) & 0b11
+        bitrate, rate = data[2] >> 4, (data[2] >> 2) & 0b11
+        if version != 0b01 and layer == 0b01 and bitrate not in (0, 0b1111) and rate != 0b11:
+            return "mp3"
+    return None
+
+
+def audio_entry(encoded: str) -> str | None:
+    """The audio format of an `images` entry, from its first bytes only (no full decode)."""
+    if encoded.startswith("data:"):
+        encoded = encoded.partition(",")[2]
+    try:
+        head = base64.b64decode(encoded[:16], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return sniff_audio_format(head)
+
+
 def _first_bad_base64_byte(text: str) -> int:
     for position, char in enumerate(text):
         if not (char.isalnum() or char in "+/="):
@@ -148,12 +189,12 @@ def _first_bad_base64_byte(text: str) -> int:
     return len(text)
 
 
-def user_content(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
-    """A plain string, or text-then-image parts when there are images."""
+def user_content(text: str, images: list[str] | None, audio: bool = False) -> str | list[dict[str, Any]]:
+    """A plain string, or text-then-image (or audio) parts when there are images."""
     if not images:
         return text
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    parts.extend(image_part(image, index) for index, image in enumerate(images))
+    parts.extend(image_part(image, index, audio) for index, image in enumerate(images))
     return parts
 
 
@@ -163,8 +204,9 @@ def synthetic_call_id(message_index: int, call_index: int, name: str, arguments:
     return "call_" + digest[:24]
 
 
-def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames) -> list[dict[str, Any]]:
-    """The whole conversation, converted and with every tool call answered exactly once."""
+def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames, audio: bool = False) -> list[dict[str, Any]]:
+    """The whole conversation, converted and with every tool call answered exactly once
+    (`audio`: the route takes audio, so WAV and MP3 entries of `images` go up as `input_audio`)."""
     last_user = max((index for index, message in enumerate(messages) if message.role == "user"), default=-1)
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []  # (id, upstream name) of calls still waiting for a result
@@ -175,7 +217,7 @@ def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames)
             out.append({"role": "tool", "tool_call_id": call_id, "content": ""})
         pending.clear()
         if moved_images:
-            out.append({"role": "user", "content": user_content("", list(moved_images))})
+            out.append({"role": "user", "content": user_content("", list(moved_images), audio)})
             moved_images.clear()
 
     for index, message in enumerate(messages):
@@ -186,7 +228,7 @@ def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames)
         close_turn()
         role = _ROLES.get(message.role, "user")
         if role == "user":
-            out.append({"role": "user", "content": user_content(message.content, message.images)})
+            out.append({"role": "user", "content": user_content(message.content, message.images, audio)})
             continue
         moved_images.extend(message.images or ())
         if role == "assistant":

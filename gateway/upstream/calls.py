@@ -46,14 +46,17 @@ _SSE_STARTS = (b"data:", b":", b"event:", b"id:", b"retry:")
 
 async def _send(
     client: UpstreamClient, path: str, body: bytes, model_name: str, *, relay: bool = False,
-    headers: Mapping[str, str] | None = None, query: str = "",
+    headers: Mapping[str, str] | None = None, query: str = "", content_type: str | None = None,
 ) -> aiohttp.ClientResponse:
     """POST and wait for the status line; an error status is read, closed and raised.
 
     `headers` (the client's own, passed through) go with the upstream's, which win; `query` is
-    added to the URL after the upstream's own parameters."""
+    added to the URL after the upstream's own parameters; `content_type` replaces the upstream's
+    `application/json` (a relayed multipart form keeps the client's, with its boundary)."""
     origin = client.origin
     sent = client.request_headers() if headers is None else {**headers, **client.request_headers()}
+    if content_type is not None:
+        sent = {**sent, "Content-Type": content_type}
     try:
         response = await client.session.post(
             client.url(path, query), data=body, headers=sent, timeout=client.timeout,
@@ -122,14 +125,15 @@ async def open_events(client: UpstreamClient, path: str, body: bytes, model_name
 
 async def open_relay(
     client: UpstreamClient, path: str, body: bytes, model_name: str, limit: int, on_close: Callable[[], None] | None = None,
-    *, headers: Mapping[str, str] | None = None, query: str = "",
+    *, headers: Mapping[str, str] | None = None, query: str = "", content_type: str | None = None,
 ) -> Relay:
     """POST `body` as is and return the upstream's un-read answer (the `/v1` surface). Close it.
 
     An upstream error status raises `UpstreamRelayed` with the upstream's own status and error
     object (credential problems still become 502).
     """
-    return Relay(await _send(client, path, body, model_name, relay=True, headers=headers, query=query), client.origin, limit, on_close)
+    response = await _send(client, path, body, model_name, relay=True, headers=headers, query=query, content_type=content_type)
+    return Relay(response, client.origin, limit, on_close)
 
 
 class EventStream:

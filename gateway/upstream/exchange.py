@@ -40,6 +40,7 @@ from gateway.upstream.attempts import Attempts, log_failure, log_wait
 from gateway.upstream.calls import Relay, open_events, open_relay, post_json
 from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.faults import fault
+from gateway.upstream.forms import MultipartForm
 from gateway.upstream.streams import NDJSON_FRAMING, NDJSON_MEDIA_TYPE, Framing, OpenedStream, open_stream
 
 __all__ = ["NDJSON_FRAMING", "NDJSON_MEDIA_TYPE", "Call", "Exchange", "Framing", "NativeOrTranslated", "OpenedStream",
@@ -314,28 +315,35 @@ class TranslatedCall(Generic[RequestT]):
 
 
 class RelayCall:
-    """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`)."""
+    """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`).
 
-    __slots__ = ("exchange", "_body", "_path", "_name", "_headers", "_query")
+    The body is a JSON object, or a multipart form (`forms.MultipartForm`: its `model` field's
+    value replaced, everything else sent byte for byte with the client's Content-Type)."""
 
-    def __init__(self, exchange: Exchange, body: dict[str, Any], path: str, name: str,
+    __slots__ = ("exchange", "_body", "_path", "name", "_headers", "_query")
+
+    def __init__(self, exchange: Exchange, body: dict[str, Any] | MultipartForm, path: str, name: str,
                  headers: Mapping[str, str] | None = None, query: str = "") -> None:
         self.exchange = exchange
         self._body = body
         self._path = path
-        self._name = name
+        self.name = name  # the model name the client asked for
         self._headers = headers  # the client's headers passed through (`anthropic-*`), if any
         self._query = query
 
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
-        content = _dumps({**self._body, "model": target.upstream_model})
+        body = self._body
+        if isinstance(body, MultipartForm):
+            content, content_type = body.with_field("model", target.upstream_model), body.content_type
+        else:
+            content, content_type = _dumps({**body, "model": target.upstream_model}), None
         self.exchange.attempts.calling(target, self._path)
         await clients.limiter.acquire()
         try:
             return await open_relay(
-                clients.of(target), self._path, content, self._name, clients.max_answer_bytes, on_close=clients.limiter.release,
-                headers=self._headers, query=self._query,
+                clients.of(target), self._path, content, self.name, clients.max_answer_bytes, on_close=clients.limiter.release,
+                headers=self._headers, query=self._query, content_type=content_type,
             )
         except BaseException:
             clients.limiter.release()
