@@ -45,7 +45,7 @@ from gateway.translators.anthropic_messages import (
 from gateway.translators.base import StreamingTranslator
 from gateway.translators.completion import raise_for_error_event
 from gateway.translators.messages import ToolNames
-from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
+from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, reasoning_text
 from gateway.translators.toolcalls import parse_arguments
 
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
@@ -164,7 +164,7 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
         choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         text = message.get("content") or message.get("refusal") or ""
-        thinking = self._thinking_of(message)
+        thinking = reasoning_text(message) if self._keep_thinking else ""
         if self._tags is not None:
             text, tagged = self._tags.split_whole(text)
             thinking += tagged if self._keep_thinking else ""
@@ -202,7 +202,7 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
         choice = choices[0]
         delta = choice.get("delta") or {}
         text = delta.get("content") or ""
-        thinking = self._thinking_of(delta)
+        thinking = reasoning_text(delta) if self._keep_thinking else ""
         if self._tags is not None and text:
             text, tagged = self._tags.feed(text)
             if self._keep_thinking:
@@ -305,17 +305,6 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
         self._open = call
 
     # -- shared --------------------------------------------------------------------------------
-
-    def _thinking_of(self, message: dict[str, Any]) -> str:
-        if not self._keep_thinking:
-            return ""
-        thinking = message.get("reasoning_content") or message.get("reasoning")
-        if thinking:
-            return str(thinking)
-        details = message.get("reasoning_details")
-        if details:
-            return "".join(str(d.get("text") or d.get("summary") or "") for d in details if isinstance(d, dict))
-        return ""
 
     def _note_finish(self, choice: dict[str, Any]) -> None:
         self._finish_reason = choice.get("finish_reason")

@@ -25,7 +25,7 @@ from gateway.ollama import GenerationRequest
 from gateway.translators.base import StreamingTranslator
 from gateway.translators.messages import ToolNames, audio_entry, audio_refused
 from gateway.translators.options import response_format, sampling_params
-from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
+from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, reasoning_text
 from gateway.translators.toolcalls import ToolCallAssembler, ollama_tool_call
 
 # Ollama knows only these two; tool_calls, content_filter and the rest end "naturally".
@@ -156,7 +156,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         content = message.get("content") or message.get("refusal") or choice.get("text") or ""
-        thinking = self._thinking_of(message)
+        thinking = reasoning_text(message) if self._keep_thinking else ""
         if self._tags is not None:
             content, tagged = self._tags.split_whole(content)
             thinking += tagged if self._keep_thinking else ""
@@ -193,7 +193,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         if delta is None:  # legacy Completions stream
             delta = {"content": choice.get("text")}
         content = delta.get("content") or ""
-        thinking = self._thinking_of(delta)
+        thinking = reasoning_text(delta) if self._keep_thinking else ""
         if self._tags is not None and content:
             content, tagged = self._tags.feed(content)
             if self._keep_thinking:
@@ -246,18 +246,6 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
 
     def _original_name(self, call: dict[str, Any]) -> str:
         return self.tool_names.original((call.get("function") or {}).get("name") or "")
-
-    def _thinking_of(self, message: dict[str, Any]) -> str:
-        # Providers that send the same text in two fields (OpenRouter) are read once: never add them.
-        if not self._keep_thinking:
-            return ""
-        thinking = message.get("reasoning_content") or message.get("reasoning")
-        if thinking:
-            return str(thinking)
-        details = message.get("reasoning_details")
-        if details:
-            return "".join(str(d.get("text") or d.get("summary") or "") for d in details if isinstance(d, dict))
-        return ""
 
     def _record_usage(self, usage: dict[str, Any] | None) -> None:
         if not usage:

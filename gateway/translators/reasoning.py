@@ -41,6 +41,21 @@ def reasoning_params(knob: ReasoningKnob, think: bool | str | None) -> dict[str,
     return params
 
 
+def reasoning_text(message: dict[str, Any]) -> str:
+    """The reasoning text of an upstream message or delta, from whichever field the provider uses.
+
+    Read once, never added together: OpenRouter sends the same text in `reasoning` and in
+    `reasoning_details` (openai-mapping.md §1.7).
+    """
+    thinking = message.get("reasoning_content") or message.get("reasoning")
+    if thinking:
+        return str(thinking)
+    details = message.get("reasoning_details")
+    if details:
+        return "".join(str(d.get("text") or d.get("summary") or "") for d in details if isinstance(d, dict))
+    return ""
+
+
 class ThinkTagSplitter:
     """Splits streamed content into (content, thinking) at `<think>`/`</think>`, across chunk edges.
 

@@ -30,7 +30,7 @@ from gateway.errors import GatewayError, UpstreamRelayed
 from gateway.translators.anthropic_wire import context_overflow
 from gateway.translators.base import StreamingTranslator
 from gateway.translators.completion import raise_for_error_event
-from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params
+from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, reasoning_text
 from gateway.translators.responses_output import OutputItem, message_item, new_id, text_part
 from gateway.translators.responses_items import ResponsesRequest, ToolIndex, encrypted_reasoning, upstream_messages
 from gateway.translators.toolcalls import parse_arguments
@@ -136,7 +136,7 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         text = message.get("content") or message.get("refusal") or ""
-        reasoning = self._reasoning_of(message)
+        reasoning = reasoning_text(message) if self._keep_reasoning else ""
         if self._tags is not None:
             text, tagged = self._tags.split_whole(text)
             reasoning += tagged if self._keep_reasoning else ""
@@ -172,7 +172,7 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         choice = choices[0]
         delta = choice.get("delta") or {}
         text = delta.get("content") or ""
-        reasoning = self._reasoning_of(delta)
+        reasoning = reasoning_text(delta) if self._keep_reasoning else ""
         if self._tags is not None and text:
             text, tagged = self._tags.feed(text)
             if self._keep_reasoning:
@@ -327,12 +327,6 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
         if self._encrypt:
             item["encrypted_content"] = encrypted_reasoning(text)
         return item
-
-    def _reasoning_of(self, message: dict[str, Any]) -> str:
-        if not self._keep_reasoning:
-            return ""
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
-        return str(reasoning) if reasoning else ""
 
     def _response(self, output: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
         request = self.request
