@@ -14,16 +14,13 @@ streamed byte as a status, after it as an `error` event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError
-from gateway.http.body import json_response, read_json_object, validate
+from gateway.http.body import error_shaped_route, json_response, read_json_object, validate
 from gateway.http.context import context_in, context_of
 from gateway.http.streaming import StreamedResponse
 from gateway.translators.anthropic import MessagesTranslator
@@ -35,22 +32,7 @@ from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCal
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
-class AnthropicRoute(APIRoute):
-    """A route of this surface: a GatewayError is answered in Anthropic's error shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except GatewayError as exc:
-                return await anthropic_error(request, exc)
-
-        return handle
-
-
-router = APIRouter(route_class=AnthropicRoute)
+router = APIRouter(route_class=error_shaped_route(lambda: anthropic_error))
 
 
 @router.post("/v1/messages")

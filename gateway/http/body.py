@@ -3,20 +3,23 @@
 curl's `-d` sends a form content type and Ollama reads JSON anyway (ollama-api.md §1.2). A body
 that is empty, not JSON, not an object, too deep or too big for the caps (`upstream.limiter`
 `check_body`, before pydantic builds anything) is a 400/413 in Ollama's shape, never a 422.
+The `/v1` surfaces answer in their own error shapes through `error_shaped_route`.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
+from fastapi.routing import APIRoute
 import zstandard
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import JSON_MEDIA_TYPE, BadRequest, PayloadTooLarge
+from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, PayloadTooLarge
 from gateway.http.context import context_of
 from gateway.ollama import ModelRequest, describe_validation_error
 from gateway.upstream.limiter import check_body
@@ -67,3 +70,26 @@ def validate(request_type: type[ModelRequest], body: dict[str, Any]) -> Any:
         return request_type.model_validate(body)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc)) from exc
+
+
+ErrorAnswer = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def error_shaped_route(answer: Callable[[], ErrorAnswer]) -> type[APIRoute]:
+    """A FastAPI route class whose GatewayErrors are answered by `answer()` (the `/v1` surfaces
+    answer in OpenAI's or Anthropic's error shape, not Ollama's); `answer` is looked up at the
+    first error, so a module can name a function it defines further down."""
+
+    class ErrorShapedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except GatewayError as exc:
+                    return await answer()(request, exc)
+
+            return handle
+
+    return ErrorShapedRoute

@@ -27,16 +27,14 @@ streamed completion is not masked.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from gateway.http.body import json_response, read_json_object
+from gateway.http.body import error_shaped_route, json_response, read_json_object
 from gateway.http.context import context_in, context_of
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
 from gateway.upstream.redact import Secrets
@@ -47,21 +45,6 @@ from gateway.upstream.forms import MultipartForm
 # Ollama's openai.NewError: the error type by status.
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 _NO_SECRETS = Secrets()
-
-
-class OpenAIRoute(APIRoute):
-    """A `/v1` route: a GatewayError is answered in OpenAI's error shape, not Ollama's."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except GatewayError as exc:
-                return await openai_error(request, exc)
-
-        return handle
 
 
 async def openai_error(request: Request, exc: Exception) -> Response:
@@ -75,7 +58,7 @@ async def openai_error(request: Request, exc: Exception) -> Response:
     return openai_error_response(exc, secrets)
 
 
-router = APIRouter(route_class=OpenAIRoute)
+router = APIRouter(route_class=error_shaped_route(lambda: openai_error))
 
 
 @router.post("/v1/chat/completions")

@@ -14,16 +14,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest
-from gateway.http.body import read_json_object, validate
+from gateway.http.body import error_shaped_route, read_json_object, validate
 from gateway.http.context import context_of
-from gateway.http.openai_api import OpenAIRoute, SSEFraming
+from gateway.http.openai_api import SSEFraming, openai_error
 from gateway.http.streaming import StreamedResponse
 from gateway.translators.responses import ResponsesTranslator
 from gateway.translators.responses_items import ResponsesRequest
 from gateway.upstream.calls import Relay
 from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall
 
-router = APIRouter(route_class=OpenAIRoute)
+router = APIRouter(route_class=error_shaped_route(lambda: openai_error))
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
