@@ -112,6 +112,11 @@ def _route_table(route_map: RouteMap) -> str:
     else:
         limited = sum(1 for key in route_map.auth.keys if "*" not in key.models)
         lines.append(f"auth: on, {len(route_map.auth.keys)} key(s), {limited} limited to some models")
+        key_rows = [("KEY", "MODELS", "LIMITS")]  # the keys by position, never the key itself
+        for number, key in enumerate(route_map.auth.keys, 1):
+            limits = key.limits.describe() if key.limits is not None else "none"
+            key_rows.append((f"#{number}", ", ".join(key.models), limits))
+        lines += ["  " + line for line in columns(key_rows)]
     lines.append("names: exact names and aliases first, then discovered names, then the first matching pattern "
                  "(a pattern listed before an exact name wins over it)")
     return "\n".join(lines)
