@@ -141,6 +141,23 @@ def test_max_parallel_holds_a_lease_for_the_whole_stream(two_workers: RunningGat
     assert chat_fresh(two_workers.url, PARALLEL_KEY).status_code == 200  # both leases handed back
 
 
+def test_a_client_that_hangs_up_mid_stream_hands_its_lease_back(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
+    slow = Reply.sse(chat_chunks(["a"] * 40), delay=0.25)
+    upstream.enqueue("/v1/chat/completions", slow, slow)
+    headers = {"Authorization": f"Bearer {PARALLEL_KEY}"}
+    for _ in range(2):
+        with httpx.Client(base_url=two_workers.url, headers=headers, timeout=20) as client:
+            with client.stream("POST", "/api/chat", json={"model": "tiny", "messages": USER_HI}) as response:
+                assert response.status_code == 200
+                next(response.iter_lines())  # the first chunk, then the connection is closed
+    deadline = time.monotonic() + 5
+    while (status := chat_fresh(two_workers.url, PARALLEL_KEY).status_code) == 429:
+        assert time.monotonic() < deadline, "the hung-up streams kept their leases"
+        time.sleep(0.1)
+    assert status == 200
+    assert chat_fresh(two_workers.url, PARALLEL_KEY).status_code == 200  # both are free, not one
+
+
 def test_check_shows_each_keys_limits_and_never_the_key(upstream: FakeUpstream, tmp_path: Path) -> None:
     routes = limited_routes(tmp_path, upstream.url)
     shown = subprocess.run([sys.executable, "-m", "gateway", "check", "--routes", str(routes)],

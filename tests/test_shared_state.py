@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.routing.loader import load_route_map
+from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.localstate import LocalState
 from gateway.upstream.redisstate import RedisState
 from gateway.upstream.sharedstate import SharedState
@@ -286,3 +288,18 @@ def test_serve_makes_a_state_directory_for_the_run_and_removes_it(upstream: Fake
     finally:
         gateway.stop()
     assert not state_dir.exists()
+
+
+def test_a_reloaded_client_set_keeps_the_workers_store(upstream: FakeUpstream, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(upstream.url))
+    route_map = load_route_map(routes)
+
+    async def scenario() -> None:
+        store = LocalState(tmp_path)
+        first = UpstreamClients(route_map, shared=store)
+        reloaded = UpstreamClients(load_route_map(routes), previous=first)
+        assert first.shared is store and reloaded.shared is store
+        await store.close()
+
+    run(scenario)
