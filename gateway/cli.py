@@ -112,6 +112,11 @@ def _route_table(route_map: RouteMap) -> str:
     else:
         limited = sum(1 for key in route_map.auth.keys if "*" not in key.models)
         lines.append(f"auth: on, {len(route_map.auth.keys)} key(s), {limited} limited to some models")
+        key_rows = [("KEY", "MODELS", "LIMITS")]  # the keys by position, never the key itself
+        for number, key in enumerate(route_map.auth.keys, 1):
+            limits = key.limits.describe() if key.limits is not None else "none"
+            key_rows.append((f"#{number}", ", ".join(key.models), limits))
+        lines += ["  " + line for line in columns(key_rows)]
     lines.append("names: exact names and aliases first, then discovered names, then the first matching pattern "
                  "(a pattern listed before an exact name wins over it)")
     return "\n".join(lines)
@@ -159,6 +164,9 @@ def serve(settings: Settings) -> int:
     # this run (stale files would add an earlier run's counts), removed when the server is over.
     metrics_dir = tempfile.mkdtemp(prefix="ollama-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # The workers' shared state without Redis (upstream/localstate.py), fresh for this run too.
+    state_dir = tempfile.mkdtemp(prefix="ollama-gateway-state-")
+    os.environ["GATEWAY_STATE_DIR"] = state_dir
     host, port = settings.bind_address()
     options: dict[str, Any] = {
         "address": host,
@@ -180,7 +188,7 @@ def serve(settings: Settings) -> int:
     }
     plan = {
         "target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options,
-        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir,
+        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir, "state_dir": state_dir,
     }
     # The master that stays resident starts afresh, importing only what it runs (master.py).
     sys.stdout.flush()

@@ -13,6 +13,8 @@ In order, for each request, with its headers read once:
     the map in force         pinned to the request (routing/live.py); a reload meanwhile does not
                              change it; the request context made (context.py)
     auth (auth.py)           routes.yaml `auth`: a request without a valid key gets 401
+    key limits               a key's `limits` (keylimits.py): 429 with Retry-After beyond them;
+                             a key without them costs nothing here
     the guard (guard.py)     body limit, cancellation on disconnect, the shutdown drain
     dispatch                 the hot endpoints (`Direct`: chat, generate, embed, the `/v1` relays)
                              called straight, without FastAPI's routing, exception middleware and
@@ -49,6 +51,7 @@ from gateway.http.context import CONTEXT_KEY, RequestContext
 from gateway.http.cors import Cors
 from gateway.http.guard import Drain, RequestGuard
 from gateway.http.hosts import HostPolicy, refusal
+from gateway.http.keylimits import Admitted, KeyLimited, admit, refuse
 from gateway.http.prefix import without_root_path
 from gateway.http.observability import HEALTH_METHODS, HEALTH_PATHS, answer_health
 from gateway.http.slashes import without_trailing_slash
@@ -187,18 +190,27 @@ class Front:
         context = RequestContext(record, state)
         scope[CONTEXT_KEY] = context
         key_token: Token[str | None] | None = None
+        admitted: Admitted | None = None
         if state.auth is not None:
             if not is_open(scope["method"], scope["path"]):
-                context.grant = state.auth.check(authorization)
-                if context.grant is None:
+                grant = context.grant = state.auth.check(authorization)
+                if grant is None:
                     await unauthorized(send, scope["path"])
                     return
+                if grant.limits is not None:  # a key without limits asks the store nothing
+                    verdict = await admit(state.clients.shared, grant)
+                    if isinstance(verdict, KeyLimited):
+                        await refuse(scope, receive, send, verdict)
+                        return
+                    admitted = verdict
         elif snapshot.passes_client_key:
             key_token = CLIENT_KEY.set(bearer_value(authorization))
         snapshot.users += 1
         try:
             await self.guard.serve(scope, receive, send, record)
         finally:
+            if admitted is not None:
+                await admitted.done(record)
             snapshot.users -= 1
             if snapshot.retired and not snapshot.users:
                 self.live.collect()

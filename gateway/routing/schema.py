@@ -256,13 +256,32 @@ class ModelRoute(QuirkSettings):
         return list(self.capabilities) if self.capabilities else ["completion"]
 
 
+class KeyLimits(BaseModel):
+    """What one key may use per minute and at once, across every worker and replica (any subset):
+    requests per minute, prompt+completion tokens per minute, requests in flight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_parallel: int | None = Field(default=None, gt=0)
+
+    def describe(self) -> str:
+        parts = [f"{value} {unit}" for value, unit in (
+            (self.rpm, "requests/min"), (self.tpm, "tokens/min"), (self.max_parallel, "at once"),
+        ) if value is not None]
+        return ", ".join(parts) or "none"
+
+
 class AuthKey(BaseModel):
-    """One inbound key, optionally limited to some model names or patterns (`*` matches any run)."""
+    """One inbound key, optionally limited to some model names or patterns (`*` matches any run),
+    and optionally with `limits`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: SecretStr | None
     models: tuple[str, ...] = ("*",)
+    limits: KeyLimits | None = None
 
     _missing_variable: str | None = PrivateAttr(default=None)
 

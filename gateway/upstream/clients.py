@@ -31,6 +31,7 @@ from gateway.routing.schema import UpstreamConfig
 from gateway.upstream.faults import Origin
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.upstream.redact import CLIENT_KEY, Secrets
+from gateway.upstream.sharedstate import SharedState
 
 _MAX_CONNECTIONS = 4096  # per upstream per worker: room for thousands of concurrent streams
 _KEEPALIVE_EXPIRY = 30.0
@@ -118,7 +119,7 @@ def _static_headers(config: UpstreamConfig) -> dict[str, str]:
 class UpstreamClients:
     """The per-worker set of upstream clients of one route map, by upstream name."""
 
-    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes")
+    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "shared")
 
     def __init__(
         self,
@@ -126,6 +127,7 @@ class UpstreamClients:
         previous: UpstreamClients | None = None,
         limiter: UpstreamLimiter | None = None,
         max_answer_bytes: int | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.secrets = route_map.secrets
         self._configs = dict(route_map.upstreams)
@@ -140,6 +142,9 @@ class UpstreamClients:
         self.limiter: UpstreamLimiter = limiter or (previous.limiter if previous is not None else UpstreamLimiter(1 << 30, 0.0))
         # GATEWAY_MAX_UPSTREAM_ANSWER_BYTES: the most a non-streamed answer may be (502 beyond).
         self.max_answer_bytes: int = max_answer_bytes or (previous.max_answer_bytes if previous is not None else 1 << 62)
+        # The worker's one shared-state store (sharedstate.py), opened and closed by the app's
+        # lifespan; a reloaded set keeps its predecessor's (outside a served app: this process's).
+        self.shared: SharedState = shared or (previous.shared if previous is not None else _process_state())
 
     def __getitem__(self, name: str) -> UpstreamClient:
         return self._clients[name]
@@ -162,6 +167,12 @@ class UpstreamClients:
 
     def uses(self, client: UpstreamClient) -> bool:
         return any(mine is client for mine in self._clients.values())
+
+
+def _process_state() -> SharedState:
+    from gateway.upstream.localstate import LocalState
+
+    return LocalState(None)
 
 
 async def close_clients(clients: list[UpstreamClient]) -> None:
