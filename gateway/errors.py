@@ -27,6 +27,7 @@ own framing (`upstream/streams.py`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,6 +81,15 @@ class ServerBusy(GatewayError):
     """Stops failover: another target would queue behind the same worker limit again."""
 
     status_code = 503
+
+
+class KeyLimited(GatewayError):
+    """A key past one of its routes.yaml `limits` (http/keylimits.py): 429 with Retry-After in whole seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class ModelNotFound(GatewayError):

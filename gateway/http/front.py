@@ -45,13 +45,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import logs, tracing
-from gateway.errors import GatewayError, error_response
+from gateway.errors import GatewayError, KeyLimited, error_response
 from gateway.http.auth import bearer_value, is_open, unauthorized
 from gateway.http.context import CONTEXT_KEY, RequestContext
 from gateway.http.cors import Cors
 from gateway.http.guard import Drain, RequestGuard
 from gateway.http.hosts import HostPolicy, refusal
-from gateway.http.keylimits import Admitted, KeyLimited, admit, refuse
+from gateway.http.keylimits import Admitted, admit, refuse
 from gateway.http.prefix import without_root_path
 from gateway.http.observability import HEALTH_METHODS, HEALTH_PATHS, answer_health
 from gateway.http.slashes import without_trailing_slash

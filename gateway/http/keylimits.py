@@ -21,13 +21,11 @@ is counted in `gateway_requests_total` like any status (no key label: labels sta
 
 from __future__ import annotations
 
-import math
-
 import anyio
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import KeyLimited
 from gateway.http.anthropic_api import anthropic_error
 from gateway.http.auth import ANTHROPIC_PREFIX
 from gateway.http.ollama_api import ollama_error
@@ -39,13 +37,6 @@ from gateway.upstream.sharedstate import LEASE_TTL, Lease, SharedState
 
 WINDOW = 60.0  # rpm and tpm: per minute
 _PARALLEL_RETRY = 1.0
-
-
-class KeyLimited(GatewayError):
-    status_code = 429
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class Admitted:
