@@ -28,9 +28,12 @@ from gateway import __version__, tracing
 from gateway.errors import UpstreamUnavailable
 from gateway.routing.resolver import RouteMap, Target
 from gateway.routing.schema import UpstreamConfig
+from gateway.upstream import balance
+from gateway.upstream.admission import Admission
 from gateway.upstream.faults import Origin
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.upstream.redact import CLIENT_KEY, Secrets
+from gateway.upstream.sharedstate import SharedState
 
 _MAX_CONNECTIONS = 4096  # per upstream per worker: room for thousands of concurrent streams
 _KEEPALIVE_EXPIRY = 30.0
@@ -118,7 +121,7 @@ def _static_headers(config: UpstreamConfig) -> dict[str, str]:
 class UpstreamClients:
     """The per-worker set of upstream clients of one route map, by upstream name."""
 
-    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes")
+    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "admission")
 
     def __init__(
         self,
@@ -140,6 +143,26 @@ class UpstreamClients:
         self.limiter: UpstreamLimiter = limiter or (previous.limiter if previous is not None else UpstreamLimiter(1 << 30, 0.0))
         # GATEWAY_MAX_UPSTREAM_ANSWER_BYTES: the most a non-streamed answer may be (502 beyond).
         self.max_answer_bytes: int = max_answer_bytes or (previous.max_answer_bytes if previous is not None else 1 << 62)
+        # Cooldown views and in-flight counts per upstream (admission.py): kept across reloads.
+        self.admission: Admission = previous.admission if previous is not None else Admission(None, self.limiter.queue_timeout)
+
+    @property
+    def shared(self) -> SharedState | None:
+        """The store every worker (with GATEWAY_REDIS_URL: every replica) shares (sharedstate.py)."""
+        return self.admission.store
+
+    @shared.setter
+    def shared(self, store: SharedState | None) -> None:
+        self.admission.store = store
+
+    def choose(self, target: Target) -> Target:
+        """The balanced choice among the deployments of `target`'s entry (balance.py); `target`
+        itself for an entry with one upstream."""
+        group = target.group
+        if group is None:
+            return target
+        admission = self.admission
+        return balance.order(group, admission.in_flight, admission.known_cooling)[0]
 
     def __getitem__(self, name: str) -> UpstreamClient:
         return self._clients[name]
