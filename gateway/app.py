@@ -42,6 +42,7 @@ from gateway.settings import Settings
 from gateway.translators import load_bindings
 from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.limiter import UpstreamLimiter
+from gateway.upstream.sharedstate import open_state
 
 log = structlog.get_logger()
 
@@ -61,7 +62,11 @@ def create_app(settings: Settings | None = None) -> Front:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = UpstreamLimiter(settings.max_concurrent_upstream, settings.queue_timeout)
-        clients = UpstreamClients(route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes)
+        # One shared-state store per worker (Redis with GATEWAY_REDIS_URL, else the machine's).
+        shared = open_state(settings)
+        clients = UpstreamClients(
+            route_map, limiter=limiter, max_answer_bytes=settings.max_upstream_answer_bytes, shared=shared,
+        )
         stop_following = follow_server_signals(drain)
         deadlines.start()
         live.start(clients)
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Front:
             stop_following()
             deadlines.stop()
             await live.stop()
+            await shared.close()
             tracing.shutdown()
 
     app = FastAPI(

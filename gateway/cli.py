@@ -173,6 +173,9 @@ def serve(settings: Settings) -> int:
     # this run (stale files would add an earlier run's counts), removed when the server is over.
     metrics_dir = tempfile.mkdtemp(prefix="ollama-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # The workers' shared state without Redis (upstream/localstate.py), fresh for this run too.
+    state_dir = tempfile.mkdtemp(prefix="ollama-gateway-state-")
+    os.environ["GATEWAY_STATE_DIR"] = state_dir
     host, port = settings.bind_address()
     options: dict[str, Any] = {
         "address": host,
@@ -194,7 +197,7 @@ def serve(settings: Settings) -> int:
     }
     plan = {
         "target": "gateway.app:create_app", "tcp_keepalive": settings.tcp_keepalive, "options": options,
-        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir,
+        "shutdown_delay": settings.shutdown_delay, "metrics_dir": metrics_dir, "state_dir": state_dir,
     }
     # The master that stays resident starts afresh, importing only what it runs (master.py).
     sys.stdout.flush()

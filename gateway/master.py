@@ -114,6 +114,9 @@ def run(plan: dict[str, Any]) -> None:
     finally:
         # The workers' metrics files (made by cli.serve for this run; gateway/metrics.py).
         shutil.rmtree(plan["metrics_dir"], ignore_errors=True)
+        # The workers' shared state without Redis (made by cli.serve; upstream/localstate.py).
+        if plan.get("state_dir"):
+            shutil.rmtree(plan["state_dir"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     # A path prefix the whole API is served under as well as at the root (`/ollama`), for a
     # reverse proxy that does not strip it (http/prefix.py). A trailing slash is ignored.
     root_path: str = ""
+    # Shared state (upstream/sharedstate.py): per-key limits, `max_concurrent` leases, cooldowns.
+    # With a Redis (or Valkey) URL, shared by every worker of every replica; without one, by the
+    # workers of this machine, through the state directory `serve` makes for the run (it sets
+    # GATEWAY_STATE_DIR itself; made outside `serve`, the app keeps its state in memory).
+    redis_url: str | None = None
+    state_dir: Path | None = None
 
     @field_validator("root_path")
     @classmethod
@@ -127,7 +133,8 @@ class Settings(BaseSettings):
             "max_upstream_answer_bytes", "max_connections", "backlog", "header_timeout", "body_timeout",
             "send_timeout", "tcp_keepalive", "root_path",
         )
-        return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names}
+        optional = {"GATEWAY_REDIS_URL": self.redis_url} if self.redis_url else {}
+        return {f"GATEWAY_{name.upper()}": str(getattr(self, name)) for name in names} | optional
 
 
 def parse_ollama_host(value: str) -> tuple[str, int]:

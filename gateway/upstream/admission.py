@@ -32,10 +32,9 @@ from collections.abc import Sequence
 
 from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy, Verdict
 from gateway.routing.resolver import Target
-from gateway.upstream.sharedstate import Lease, SharedState
+from gateway.upstream.sharedstate import LEASE_TTL, Lease, SharedState
 
 STALE_S = 1.0  # the longest a worker trusts what the store said about a cooldown
-LEASE_TTL_S = 30.0  # a lease's life unless renewed (the store renews the ones its process holds)
 _POLL_S = (0.01, 0.2)  # first and longest wait between polls for a free lease
 
 
@@ -87,9 +86,8 @@ class Hold:
         self._name = ""
         admission.in_flight[name] -= 1
         lease, self._lease = self._lease, None
-        shared = admission.store
-        if lease is not None and shared is not None:
-            await shared.release(lease)
+        if lease is not None:
+            await admission.store.release(lease)
 
     def release_soon(self) -> None:
         """`release` from synchronous code (a relay's close): the lease goes back in a task."""
@@ -103,7 +101,7 @@ class Admission:
 
     __slots__ = ("store", "queue_timeout", "in_flight", "_views", "tasks")
 
-    def __init__(self, store: SharedState | None, queue_timeout: float) -> None:
+    def __init__(self, store: SharedState, queue_timeout: float) -> None:
         self.store = store  # `UpstreamClients.shared`
         self.queue_timeout = queue_timeout
         self.in_flight: dict[str, int] = {}
@@ -127,7 +125,7 @@ class Admission:
         """Seconds the target's upstream is still cooling down (0.0: it may be tried now)."""
         settings = target.upstream.cooldown
         shared = self.store
-        if settings is None or shared is None:
+        if settings is None:
             return 0.0
         name = target.upstream_name
         view = self._views.get(name)
@@ -161,7 +159,7 @@ class Admission:
         """The attempt got its answer (or first byte): end the upstream's row of failures."""
         view = self._views.get(target.upstream_name)
         shared = self.store
-        if view is None or not view.report or shared is None:
+        if view is None or not view.report:
             return
         view.report = False
         view.probe_until = 0.0
@@ -171,7 +169,7 @@ class Admission:
         """Count a failure that was the upstream's fault (see the module docstring)."""
         settings = target.upstream.cooldown
         shared = self.store
-        if settings is None or shared is None or error.verdict != "retry" or isinstance(error, ServerBusy):
+        if settings is None or error.verdict != "retry" or isinstance(error, ServerBusy):
             return
         name = target.upstream_name
         view = self._views.get(name)
@@ -190,10 +188,7 @@ class Admission:
         name = target.upstream_name
         if limit is None:
             return Hold(self, name, None)
-        shared = self.store
-        if shared is None:  # no store: the limit holds per worker
-            return Hold(self, name, None) if self.in_flight.get(name, 0) < limit else None
-        lease = await shared.acquire(f"lease:upstream:{name}", limit, LEASE_TTL_S)
+        lease = await self.store.acquire(f"lease:upstream:{name}", limit, LEASE_TTL)
         return Hold(self, name, lease) if lease is not None else None
 
     async def wait_for_any(self, targets: Sequence[Target]) -> tuple[Target, Hold]:

@@ -121,7 +121,7 @@ def _static_headers(config: UpstreamConfig) -> dict[str, str]:
 class UpstreamClients:
     """The per-worker set of upstream clients of one route map, by upstream name."""
 
-    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "admission")
+    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "shared", "admission")
 
     def __init__(
         self,
@@ -129,6 +129,7 @@ class UpstreamClients:
         previous: UpstreamClients | None = None,
         limiter: UpstreamLimiter | None = None,
         max_answer_bytes: int | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.secrets = route_map.secrets
         self._configs = dict(route_map.upstreams)
@@ -143,17 +144,12 @@ class UpstreamClients:
         self.limiter: UpstreamLimiter = limiter or (previous.limiter if previous is not None else UpstreamLimiter(1 << 30, 0.0))
         # GATEWAY_MAX_UPSTREAM_ANSWER_BYTES: the most a non-streamed answer may be (502 beyond).
         self.max_answer_bytes: int = max_answer_bytes or (previous.max_answer_bytes if previous is not None else 1 << 62)
-        # Cooldown views and in-flight counts per upstream (admission.py): kept across reloads.
-        self.admission: Admission = previous.admission if previous is not None else Admission(None, self.limiter.queue_timeout)
-
-    @property
-    def shared(self) -> SharedState | None:
-        """The store every worker (with GATEWAY_REDIS_URL: every replica) shares (sharedstate.py)."""
-        return self.admission.store
-
-    @shared.setter
-    def shared(self, store: SharedState | None) -> None:
-        self.admission.store = store
+        # The worker's one shared-state store (sharedstate.py), opened and closed by the app's
+        # lifespan; a reloaded set keeps its predecessor's (outside a served app: this process's).
+        self.shared: SharedState = shared or (previous.shared if previous is not None else _process_state())
+        # Cooldown views and in-flight counts per upstream over that store (admission.py): kept
+        # across reloads.
+        self.admission: Admission = previous.admission if previous is not None else Admission(self.shared, self.limiter.queue_timeout)
 
     def choose(self, target: Target) -> Target:
         """The balanced choice among the deployments of `target`'s entry (balance.py); `target`
@@ -185,6 +181,12 @@ class UpstreamClients:
 
     def uses(self, client: UpstreamClient) -> bool:
         return any(mine is client for mine in self._clients.values())
+
+
+def _process_state() -> SharedState:
+    from gateway.upstream.localstate import LocalState
+
+    return LocalState(None)
 
 
 async def close_clients(clients: list[UpstreamClient]) -> None:
