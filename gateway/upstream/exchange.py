@@ -2,7 +2,8 @@
 first-byte rule.
 
     Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
-                                        says: the same target again, then each fallback
+                                        says (sequence.py): the same target again, the entry's
+                                        other targets, then each fallback
     TranslatedCall                      a translator's request: one JSON answer, or its stream
                                         (NDJSON, or the translator's own `framing`: the Anthropic
                                         Messages events) opened up to the first chunk

@@ -50,11 +50,6 @@ def gives_up_at_once(exc: GatewayError, primary: Target) -> bool:
     return not primary.route.fallbacks and (verdict == "next" or primary.upstream.max_retries == 0)
 
 
-def targets(primary: Target, route_map: RouteMap) -> list[Target]:
-    """The primary, then the targets of its `fallbacks` (names that match nothing are left out)."""
-    return [primary, *route_map.fallback_targets(primary)]
-
-
 def tiers(primary: Target, route_map: RouteMap, order: Callable[[Target], list[Target]]) -> list[list[Target]]:
     """The targets to try, tier by tier: the primary and the rest of its entry's deployments,
     then each fallback's deployments in their balanced `order` (names that match nothing are
