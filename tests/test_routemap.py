@@ -338,3 +338,30 @@ def test_targets_are_checked_with_the_entry_named(tmp_path: Path, entry: str, me
 def test_upstream_limits_are_checked(tmp_path: Path, setting: str, message: str) -> None:
     with pytest.raises(RouteMapError, match=message):
         load(tmp_path, f"upstreams:\n  u:\n    base_url: http://127.0.0.1:9/v1\n    {setting}\nmodels:\n  - {{name: x, upstream: u}}\n")
+
+
+def test_balance_orders_weighted_smoothly_and_least_busy_by_load_weight_then_turn(tmp_path: Path) -> None:
+    from gateway.upstream import balance
+
+    routes = load(tmp_path, TWO_GPUS + """
+models:
+  - name: w
+    targets: [{upstream: gpu-a, weight: 2}, {upstream: gpu-b}]
+    balance: weighted
+  - name: lb
+    targets: [{upstream: gpu-a}, {upstream: gpu-b}, {upstream: cloud, weight: 2}]
+""")
+    weighted, least = routes.resolve("w"), routes.resolve("lb")
+    assert weighted is not None and weighted.group is not None and least is not None and least.group is not None
+    never: dict[str, int] = {}
+    picks = [balance.order(weighted.group, never, lambda name: False)[0].upstream_name for _ in range(6)]
+    assert picks == ["gpu-a", "gpu-b", "gpu-a", "gpu-a", "gpu-b", "gpu-a"], "smooth: interleaved, 2 of every 3"
+    first = balance.order(weighted.group, never, lambda name: name == "gpu-a")
+    assert [t.upstream_name for t in first][-1] == "gpu-a", "a target known to be cooling goes last"
+    # least_busy: the fewest in flight; among equals the higher weight; then in turn.
+    assert balance.order(least.group, {"cloud": 1}, lambda name: False)[0].upstream_name in ("gpu-a", "gpu-b")
+    assert balance.order(least.group, {}, lambda name: False)[0].upstream_name == "cloud"
+    turns = [balance.order(least.group, {"cloud": 5}, lambda name: False)[0].upstream_name for _ in range(4)]
+    assert sorted(turns) == ["gpu-a", "gpu-a", "gpu-b", "gpu-b"], "equal targets share the load"
+    chosen = balance.order(least.group, {"cloud": 5}, lambda name: False)[0]
+    assert [t.upstream_name for t in balance.rest(chosen)][0] == "cloud", "the rest: by weight"

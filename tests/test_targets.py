@@ -240,12 +240,20 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
     streams = [_hold_stream(gateway, "narrow") for _ in range(2)]
     try:
         assert wait_for(lambda: deployments["c"].open_connections == 2)
-        started = time.monotonic()
-        response = httpx.post(gateway.url + "/api/chat", json={"model": "narrow", "messages": HI, "stream": False}, timeout=30)
-        waited = time.monotonic() - started
-        assert response.status_code == 503 and response.json() == {"error": SERVER_BUSY}
-        assert 1.4 <= waited < 5, "the request waited GATEWAY_QUEUE_TIMEOUT (1.5 s) for a lease"
-        assert len(deployments["c"].chats()) == 2, "the third request never reached the upstream"
+        # Six more at once, on fresh connections (spread over both workers): a limit kept per
+        # worker would let some through on a worker holding fewer than two streams.
+        def third() -> tuple[int, Any, float]:
+            started = time.monotonic()
+            response = httpx.post(gateway.url + "/api/chat", json={"model": "narrow", "messages": HI, "stream": False},
+                                  timeout=30)
+            return response.status_code, response.json(), time.monotonic() - started
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: third(), range(6)))
+        for status, body, waited in answers:
+            assert status == 503 and body == {"error": SERVER_BUSY}
+            assert 1.4 <= waited < 5, "the request waited GATEWAY_QUEUE_TIMEOUT (1.5 s) for a lease"
+        assert len(deployments["c"].chats()) == 2, "no request beyond the limit reached the upstream"
         # Another target free: the request moves to it rather than waiting.
         started = time.monotonic()
         assert _chat(gateway, "spill") == "from b"

@@ -51,7 +51,7 @@ class TargetGroup:
         self.targets: tuple[Target, ...] = ()
         self.balance = balance
         self.current: list[int] = []  # smooth weighted round robin: each target's current weight
-        self.turn = 0  # least_busy: where the rotation among equal targets starts
+        self.turn = 0  # least_busy: the turn among targets tied for first place
 
 
 class RouteMap(RouteFile):

@@ -14,7 +14,9 @@ lately asks the store at most once a second per upstream, not per request, so th
 makes no store call; the price is that a worker may send to an upstream up to a second after
 another worker's failures cooled it down. A worker that saw a failure in the last second asks
 before each request. A success is reported (`succeeded`, ending the row) only by a worker that
-saw a failure or a cooldown, or has asked the store since its last report.
+saw a failure or a cooldown, or has asked the store since its last report (the answer it got
+may have been the probe after a cooldown, which only a report ends): at most two store calls a
+second per healthy upstream per worker.
 
 Leases. An upstream with `max_concurrent: N` takes one of N leases per attempt (`hold`), held
 until the answer is closed (a stream: its last chunk); `wait_for_any` polls, with jittered

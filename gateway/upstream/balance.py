@@ -2,7 +2,7 @@
 
     least_busy   the target with the fewest requests in flight from this worker (counted by
                  `admission.Admission.in_flight`, per upstream); ties go to the higher weight,
-                 then to file order rotated one step per request, so equal targets share the load
+                 and the targets still tied take turns (a counter per entry)
     weighted     smooth weighted round robin (nginx's): over any run of requests each target
                  gets its weight's share, spread out rather than in bursts
 
@@ -24,17 +24,28 @@ def order(group: TargetGroup, in_flight: Mapping[str, int], cooling: Callable[[s
     if group.balance == "weighted":
         ranked = _weighted(group)
     else:
-        count = len(targets)
-        turn = group.turn
-        group.turn = (turn + 1) % count
-        ranked = sorted(
-            range(count), key=lambda i: (in_flight.get(targets[i].upstream_name, 0), -targets[i].weight, (i - turn) % count)
-        )
+        ranked = _least_busy(group, in_flight)
     chosen = [targets[i] for i in ranked]
     usable = [target for target in chosen if not cooling(target.upstream_name)]
     if len(usable) == len(chosen) or not usable:
         return chosen
     return usable + [target for target in chosen if cooling(target.upstream_name)]
+
+
+def _least_busy(group: TargetGroup, in_flight: Mapping[str, int]) -> list[int]:
+    """By requests in flight, then weight (higher first), then file order; the targets tied for
+    first place rotated one step per request, so that equal targets take turns."""
+    targets = group.targets
+    keys = [(in_flight.get(target.upstream_name, 0), -target.weight) for target in targets]
+    ranked = sorted(range(len(targets)), key=lambda i: (keys[i], i))
+    tied = 1
+    while tied < len(ranked) and keys[ranked[tied]] == keys[ranked[0]]:
+        tied += 1
+    if tied > 1:
+        shift = group.turn % tied
+        group.turn += 1
+        ranked[:tied] = ranked[shift:tied] + ranked[:shift]
+    return ranked
 
 
 def _weighted(group: TargetGroup) -> list[int]:
