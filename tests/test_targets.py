@@ -19,7 +19,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.errors import SERVER_BUSY
-from tests.client_support import wait_for
+from tests.client_support import raw_request, wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
 
@@ -42,6 +42,8 @@ class Deployment(FakeUpstream):
             return Reply.json({"error": {"message": f"{self.name} is down", "type": "server_error"}}, status=500)
         if path.endswith("/chat/completions") and isinstance(body, dict):
             slow = any(message.get("content") == "slow" for message in body.get("messages", []))
+            if any(message.get("content") == "stall" for message in body.get("messages", [])):
+                return Reply(json_body=chat_completion(f"from {self.name}"), stall=5.0)
             if body.get("stream"):
                 return Reply.sse(chat_chunks([self.name] * (20 if slow else 2)), delay=0.15 if slow else 0.0)
             return Reply.json(chat_completion(f"from {self.name}"))
@@ -274,6 +276,17 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
         assert waiting.result(10) == "from c"
         assert 0.5 <= time.monotonic() - started < 1.5
     streams[1].close()
+    # Clients that hang up while their answers are awaited give their leases back too.
+    sockets = [raw_request(gateway.port, {"model": "narrow", "messages": [{"role": "user", "content": "stall"}],
+                                          "stream": False}) for _ in range(2)]
+    assert wait_for(lambda: deployments["c"].in_flight == 2)
+    for sock in sockets:
+        sock.close()
+    assert wait_for(lambda: deployments["c"].in_flight == 0)
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda _: _chat(gateway, "narrow"), range(2))) == ["from c", "from c"]
+    assert time.monotonic() - started < 1.0, "no lease was left behind"
 
 
 def test_listings_and_show_describe_the_entry_with_its_first_target(gateway: RunningGateway) -> None:

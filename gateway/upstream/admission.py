@@ -30,6 +30,8 @@ import asyncio
 import math
 import random
 import time
+
+import anyio
 from collections.abc import Sequence
 
 from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy, Verdict
@@ -89,7 +91,10 @@ class Hold:
         admission.in_flight[name] -= 1
         lease, self._lease = self._lease, None
         if lease is not None:
-            await admission.store.release(lease)
+            # Shielded: a request cancelled (its client left) must still give its lease back, or
+            # the store would renew it for as long as this process lives.
+            with anyio.CancelScope(shield=True):
+                await admission.store.release(lease)
 
     def release_soon(self) -> None:
         """`release` from synchronous code (a relay's close): the lease goes back in a task."""
