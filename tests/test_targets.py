@@ -229,6 +229,7 @@ def test_every_target_cooling_is_a_503_that_says_so(gateway: RunningGateway, dep
         error = response.json()["error"]
         assert "upstream 'a' is cooling down after 3 failures in a row" in error and "s left" in error
         assert 1 <= int(response.headers["retry-after"]) <= 3
+        assert '"event":"upstream_skipped"' in gateway.log_text() and '"reason":"cooling"' in gateway.log_text()
         a.failing = False
         time.sleep(2.5)  # the cooldown ends; the next request is the probe, and it succeeds
         assert wait_for(lambda: http.post("/api/chat", json={"model": "only-a", "messages": HI, "stream": False}).status_code == 200,

@@ -50,11 +50,13 @@ async def fail_over(exchange: Exchange, primary: Target, call: Call[T], pending:
             if pending is None:
                 left = await admission.cooling(target)
                 if left > 0:
+                    log.info("upstream_skipped", upstream=target.upstream_name, reason="cooling", left_s=round(left, 1))
                     errors.append(UpstreamCooling(target, left))
                     continue
             try:
                 return await _tries(exchange, call, target, pending, None, primary, tier > 0)
             except _Full:
+                log.info("upstream_skipped", upstream=target.upstream_name, reason="max_concurrent")
                 full.append(target)
             except GatewayError as exc:
                 if exc.verdict == "stop":
