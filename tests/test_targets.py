@@ -22,6 +22,7 @@ from gateway.errors import SERVER_BUSY
 from tests.client_support import raw_request, wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
+from tests.redis_support import RedisServer, redis_server  # noqa: F401 - the fixture
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
@@ -319,3 +320,39 @@ def test_check_shows_targets_weights_balance_and_limits(
     assert "3s after 3 failures" in upstream_a and " off " in upstream_b
     assert upstream_c.split()[3] == "2" and "30s after 3 failures" in upstream_c
     assert "MAX CONCURRENT" in out and "COOLDOWN" in out
+
+
+def test_leases_and_cooldowns_hold_across_two_gateways_sharing_redis(
+    deployments: dict[str, Deployment], tmp_path: Path, redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Two replicas (gateway processes of two workers each) with GATEWAY_REDIS_URL: one
+    `max_concurrent` and one cooldown for both."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(_routes(deployments))
+    env = {"GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_QUEUE_TIMEOUT": "1"}
+    replicas = [RunningGateway(routes, tmp_path / f"gateway-{n}.log", workers=2, env=env) for n in range(2)]
+    try:
+        streams = [_hold_stream(replica, "narrow") for replica in replicas]  # one lease held by each
+        assert wait_for(lambda: deployments["c"].open_connections == 2)
+        for replica in replicas:
+            response = httpx.post(replica.url + "/api/chat", json={"model": "narrow", "messages": HI, "stream": False},
+                                  timeout=30)
+            assert response.status_code == 503 and response.json() == {"error": SERVER_BUSY}
+        assert len(deployments["c"].chats()) == 2
+        for stream in streams:
+            stream.close()
+        # Three failures in a row, spread over the replicas, cool `a` down for both.
+        deployments["a"].failing = True
+        for n in range(3):
+            failed = httpx.post(replicas[n % 2].url + "/api/chat", json={"model": "only-a", "messages": HI, "stream": False},
+                                timeout=30)
+            assert failed.status_code == 500
+        time.sleep(1.2)  # past each worker's cached view (admission.STALE_S)
+        for replica in replicas:
+            response = httpx.post(replica.url + "/api/chat", json={"model": "only-a", "messages": HI, "stream": False},
+                                  timeout=30)
+            assert response.status_code == 503 and "is cooling down" in response.json()["error"]
+        assert len(deployments["a"].chats()) == 3
+    finally:
+        for replica in replicas:
+            replica.stop()
