@@ -83,28 +83,42 @@ def _route_table(route_map: RouteMap) -> str:
     """The models in the order names are matched, then the upstreams and the auth summary."""
     rows = [("MODEL", "UPSTREAM", "UPSTREAM MODEL", "FALLBACKS", "BASE URL")]
     for route in route_map.models:
-        upstream = route_map.upstreams[route.upstream]
         fallbacks = ", ".join(route.fallbacks) or "-"
         if route.is_pattern:
-            upstream_model = route.model or ("<name>" if route.name == "*" else "<rest of name>")
-            rows.append((route.name, route.upstream, upstream_model, fallbacks, upstream.display_url))
-            continue
-        upstream_model = route.model or strip_latest(route.name)
-        rows.append((route.listed_name, route.upstream, upstream_model, fallbacks, upstream.display_url))
-        rows += [(f"{tagged(alias)} (alias)", route.upstream, upstream_model, fallbacks, upstream.display_url) for alias in route.aliases]
+            name, default_model = route.name, route.model or ("<name>" if route.name == "*" else "<rest of name>")
+        else:
+            name, default_model = route.listed_name, route.model or strip_latest(route.name)
+        several = route.targets is not None
+        for position, deployment in enumerate(route.deployments):
+            upstream = route_map.upstreams[deployment.upstream]
+            shown = f"{deployment.upstream} (weight {deployment.weight})" if several else deployment.upstream
+            model = deployment.model or default_model
+            if position == 0:
+                label = f"{name} ({route.balance}, {len(route.deployments)} targets)" if several else name
+                rows.append((label, shown, model, fallbacks, upstream.display_url))
+            else:
+                rows.append((f"  target {position + 1}", shown, model, "", upstream.display_url))
+        first = route_map.upstreams[route.first_upstream]
+        via = f"the targets of {name}" if several else route.first_upstream
+        rows += [(f"{tagged(alias)} (alias)", via, route.deployments[0].model or default_model, fallbacks, first.display_url)
+                 for alias in route.aliases]
     for name, upstream in route_map.upstreams.items():
         if upstream.discover:
             rows.append((f"{upstream.prefix}<id> (discovered)", name, "<id from GET /models>", "-", upstream.display_url))
     lines = columns(rows)
     lines.append("")
-    upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "TIMEOUTS (connect/first token/total/idle)", "DISCOVER")]
+    upstream_rows = [("UPSTREAM", "PROVIDER", "RETRIES", "MAX CONCURRENT", "COOLDOWN", "TIMEOUTS (connect/first token/total/idle)",
+                      "DISCOVER")]
     for name, upstream in route_map.upstreams.items():
         timeouts = "/".join(
             f"{value:g}s" if value is not None else "-"
             for value in (upstream.connect_timeout, upstream.first_token_timeout, upstream.total_timeout, upstream.timeout)
         )
         discover = f"every {upstream.discover_interval:g}s as {upstream.prefix or ''}<id>" if upstream.discover else "-"
-        upstream_rows.append((name, upstream.provider, str(upstream.max_retries), timeouts, discover))
+        cooldown = upstream.cooldown
+        cools = f"{cooldown.seconds:g}s after {cooldown.after_failures} failures" if cooldown is not None else "off"
+        limit = str(upstream.max_concurrent) if upstream.max_concurrent is not None else "-"
+        upstream_rows.append((name, upstream.provider, str(upstream.max_retries), limit, cools, timeouts, discover))
     lines += columns(upstream_rows)
     lines.append("")
     if route_map.auth is None:

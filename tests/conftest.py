@@ -31,6 +31,9 @@ def closed_port() -> int:
 
 
 def routes_yaml(upstream_url: str, extra_models: str = "") -> str:
+    # Cooldowns off: these tests script failures of one upstream request after request, and
+    # each expects its own request's failure, not the skip that 3 in a row would start
+    # (cooldowns have their own tests, tests/test_targets.py).
     return f"""
 upstreams:
   fake:
@@ -38,13 +41,16 @@ upstreams:
     api_key: ${{TEST_UPSTREAM_KEY}}
     max_retries: 0
     timeout: 30
+    cooldown: false
   keyless:
     base_url: {upstream_url}
     api_key: ${{TEST_MISSING_KEY}}
     max_retries: 0
+    cooldown: false
   dead:
     base_url: http://127.0.0.1:{closed_port()}/v1
     max_retries: 0
+    cooldown: false
 models:
   - name: tiny
     upstream: fake

@@ -31,9 +31,9 @@ def claude_gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFact
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0}}
-  dead: {{base_url: "http://127.0.0.1:{closed_port()}/v1", max_retries: 0}}
-  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", auth_header: x-api-key, messages_api: true, max_retries: 0}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, cooldown: false}}
+  dead: {{base_url: "http://127.0.0.1:{closed_port()}/v1", max_retries: 0, cooldown: false}}
+  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", auth_header: x-api-key, messages_api: true, max_retries: 0, cooldown: false}}
 models:
   - name: sonnet
     aliases: [{SONNET}, claude-haiku-4-5]
@@ -507,7 +507,7 @@ def test_auth_accepts_x_api_key_and_answers_401_in_anthropics_shape(upstream: Fa
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", max_retries: 0}}
+  fake: {{base_url: "{upstream.url}", max_retries: 0, cooldown: false}}
 models:
   - {{name: sonnet, aliases: [{SONNET}], upstream: fake}}
 auth:

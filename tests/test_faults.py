@@ -63,12 +63,12 @@ def faulty(upstream: FakeUpstream, full_backlog: int, tmp_path_factory: pytest.T
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 30}}
-  slow: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 1}}
-  refused: {{base_url: "http://127.0.0.1:{closed_port()}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
-  dns: {{base_url: "http://upstream.invalid/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
-  tls: {{base_url: "https://127.0.0.1:{upstream.port}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0}}
-  blackhole: {{base_url: "http://127.0.0.1:{full_backlog}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, connect_timeout: 1}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 30, cooldown: false}}
+  slow: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 1, cooldown: false}}
+  refused: {{base_url: "http://127.0.0.1:{closed_port()}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, cooldown: false}}
+  dns: {{base_url: "http://upstream.invalid/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, cooldown: false}}
+  tls: {{base_url: "https://127.0.0.1:{upstream.port}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, cooldown: false}}
+  blackhole: {{base_url: "http://127.0.0.1:{full_backlog}/v1", api_key: "${{FAULT_KEY}}", max_retries: 0, connect_timeout: 1, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
   - {{name: slow, upstream: slow, model: up-model}}
@@ -316,7 +316,7 @@ def lonely(tmp_path: Path) -> Iterator[tuple[RunningGateway, FakeUpstream]]:
     routes = tmp_path / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  own: {{base_url: "{server.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 120}}
+  own: {{base_url: "{server.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, timeout: 120, cooldown: false}}
 models:
   - {{name: tiny, upstream: own, model: up-model}}
 """)
@@ -415,7 +415,7 @@ def test_prompts_and_completions_are_logged_only_when_asked(upstream: FakeUpstre
     routes = tmp_path / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{FAULT_KEY}}", max_retries: 0, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
 """)

@@ -43,7 +43,7 @@ def limited(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 30, provider: openai}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 30, provider: openai, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
   - {{name: embedder, upstream: fake, model: up-embed, capabilities: [embedding]}}

@@ -44,14 +44,17 @@ def routes(upstream: FakeUpstream) -> str:
 upstreams:
   fake:
     base_url: "{upstream.url}"
+    cooldown: false
     api_key: "${{HARDEN_KEY}}"
     headers: {{X-Upstream-Token: "${{HARDEN_HEADER}}", HTTP-Referer: "https://referer.example/app"}}
     max_retries: 0
   basic:
     base_url: "http://gwuser:${{HARDEN_PASSWORD}}@127.0.0.1:{upstream.port}/v1"
+    cooldown: false
     max_retries: 0
   passthrough:
     base_url: "{upstream.url}"
+    cooldown: false
     pass_client_key: true
     max_retries: 0
 models:

@@ -57,7 +57,7 @@ def start(upstream: FakeUpstream, folder: Path, **env: str) -> RunningGateway:
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 120}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 120, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
 """)

@@ -33,8 +33,8 @@ def limited(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 30}}
-  slow: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 1}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 30, cooldown: false}}
+  slow: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 1, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
   - {{name: slow, upstream: slow, model: up-model}}

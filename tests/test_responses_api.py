@@ -30,8 +30,8 @@ def codex_gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFacto
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0}}
-  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", provider: openai, max_retries: 0}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, cooldown: false}}
+  native: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", provider: openai, max_retries: 0, cooldown: false}}
 models:
   - {{name: "gpt-oss:20b", upstream: fake, model: up-oss, reasoning: reasoning_effort, reasoning_input: reasoning,
       max_tokens_field: max_completion_tokens}}

@@ -245,3 +245,123 @@ def test_the_shipped_file_has_an_entry_per_provider() -> None:
     providers = {upstream.provider for upstream in routes.upstreams.values()}
     assert providers == {"openai", "openrouter", "groq", "deepseek", "together", "mistral", "azure", "vllm", "llamacpp",
                          "lmstudio", "ollama"}
+
+
+TWO_GPUS = """
+upstreams:
+  gpu-a: {base_url: "http://127.0.0.1:9/v1", provider: vllm, max_concurrent: 4}
+  gpu-b: {base_url: "http://127.0.0.1:10/v1", cooldown: false}
+  cloud: {base_url: "http://127.0.0.1:11/v1", provider: openai, cooldown: {after_failures: 5, seconds: 2.5}}
+"""
+
+
+def test_targets_resolve_each_deployment_with_its_own_upstream_model_and_quirks(tmp_path: Path) -> None:
+    routes = load(tmp_path, TWO_GPUS + """
+models:
+  - name: qwen3
+    aliases: [q3]
+    model: Qwen/Qwen3-32B
+    targets:
+      - {upstream: gpu-a, weight: 2}
+      - {upstream: cloud, model: qwen3-32b-instruct}
+    balance: weighted
+    fallbacks: [small]
+  - {name: small, upstream: gpu-b}
+  - name: "fam/*"
+    targets: [{upstream: gpu-a, model: "org/*-Instruct"}, {upstream: gpu-b}]
+""")
+    target = routes.resolve("Qwen3:latest")
+    assert target is not None and target.group is not None
+    assert target.group.balance == "weighted" and target is target.group.targets[0]
+    first, second = target.group.targets
+    assert (first.upstream_name, first.upstream_model, first.weight) == ("gpu-a", "Qwen/Qwen3-32B", 2)
+    assert (second.upstream_name, second.upstream_model, second.weight) == ("cloud", "qwen3-32b-instruct", 1)
+    assert first.quirks.reasoning == "chat_template_kwargs" and second.quirks.max_tokens_field == "max_completion_tokens"
+    assert all(t.listed_name == "qwen3:latest" for t in target.group.targets)
+    alias = routes.resolve("q3")
+    assert alias is not None and alias.group is not None and alias.listed_name == "q3:latest"
+    pattern = routes.resolve("fam/llama")
+    assert pattern is not None and pattern.group is not None
+    assert [(t.upstream_name, t.upstream_model) for t in pattern.group.targets] == [
+        ("gpu-a", "org/llama-Instruct"), ("gpu-b", "llama")]
+    assert pattern.group.balance == "least_busy"
+    fallback = routes.fallback_targets(target)
+    assert [t.upstream_name for t in fallback] == ["gpu-b"] and fallback[0].group is None
+    assert [t.listed_name for t in routes.listed_targets()][:2] == ["qwen3:latest", "q3:latest"]
+    assert routes.listed_targets()[0].upstream_name == "gpu-a", "the listing describes the first target"
+
+
+def test_upstream_limits_and_cooldowns_have_defaults_and_an_off_switch(tmp_path: Path) -> None:
+    routes = load(tmp_path, TWO_GPUS + "models:\n  - {name: x, upstream: gpu-a}\n")
+    gpu_a, gpu_b, cloud = (routes.upstreams[name] for name in ("gpu-a", "gpu-b", "cloud"))
+    assert gpu_a.max_concurrent == 4 and gpu_b.max_concurrent is None
+    assert gpu_a.cooldown is not None and (gpu_a.cooldown.after_failures, gpu_a.cooldown.seconds) == (3, 30.0)
+    assert gpu_b.cooldown is None
+    assert cloud.cooldown is not None and (cloud.cooldown.after_failures, cloud.cooldown.seconds) == (5, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        pytest.param("{name: x, upstream: gpu-a, targets: [{upstream: gpu-b}]}",
+                     r"models\[0\] \('x'\): give exactly one of 'upstream' \(one deployment\) and 'targets'", id="both"),
+        pytest.param("{name: x, model: m}", r"models\[0\] \('x'\): give exactly one of 'upstream'", id="neither"),
+        pytest.param("{name: x, targets: []}", r"models\[0\] \('x'\)\.targets: .*at least 1 item", id="empty"),
+        pytest.param("{name: x, targets: [{upstream: gpu-a}, {upstream: nowhere}]}",
+                     r"models\[0\] \('x'\): targets\[1\]\.upstream 'nowhere' is not defined under upstreams", id="undefined"),
+        pytest.param("{name: x, targets: [{upstream: gpu-a, weight: 0}]}",
+                     r"models\[0\] \('x'\)\.targets\[0\]\.weight: .*greater than 0", id="weight-zero"),
+        pytest.param("{name: x, targets: [{upstream: gpu-a, weight: 1.5}]}",
+                     r"models\[0\] \('x'\)\.targets\[0\]\.weight: weight must be a positive whole number", id="weight-fraction"),
+        pytest.param("{name: x, targets: [{upstream: gpu-a, port: 1}]}",
+                     r"models\[0\] \('x'\)\.targets\[0\]\.port: unknown key", id="unknown-key"),
+        pytest.param("{name: x, upstream: gpu-a, balance: weighted}", r"models\[0\] \('x'\): 'balance' needs 'targets'",
+                     id="balance-alone"),
+        pytest.param("{name: x, targets: [{upstream: gpu-a}], balance: random}", r"models\[0\] \('x'\)\.balance: Input should be",
+                     id="balance-unknown"),
+    ],
+)
+def test_targets_are_checked_with_the_entry_named(tmp_path: Path, entry: str, message: str) -> None:
+    with pytest.raises(RouteMapError, match=message):
+        load(tmp_path, TWO_GPUS + f"models:\n  - {entry}\n")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        pytest.param("max_concurrent: 0", r"upstreams\.u\.max_concurrent: .*greater than 0", id="max-zero"),
+        pytest.param("cooldown: {after_failures: 0}", r"upstreams\.u\.cooldown\.after_failures: .*greater than or equal to 1",
+                     id="after-zero"),
+        pytest.param("cooldown: {seconds: 30, for: 2}", r"upstreams\.u\.cooldown\.for: unknown key", id="unknown-key"),
+    ],
+)
+def test_upstream_limits_are_checked(tmp_path: Path, setting: str, message: str) -> None:
+    with pytest.raises(RouteMapError, match=message):
+        load(tmp_path, f"upstreams:\n  u:\n    base_url: http://127.0.0.1:9/v1\n    {setting}\nmodels:\n  - {{name: x, upstream: u}}\n")
+
+
+def test_balance_orders_weighted_smoothly_and_least_busy_by_load_weight_then_turn(tmp_path: Path) -> None:
+    from gateway.upstream import balance
+
+    routes = load(tmp_path, TWO_GPUS + """
+models:
+  - name: w
+    targets: [{upstream: gpu-a, weight: 2}, {upstream: gpu-b}]
+    balance: weighted
+  - name: lb
+    targets: [{upstream: gpu-a}, {upstream: gpu-b}, {upstream: cloud, weight: 2}]
+""")
+    weighted, least = routes.resolve("w"), routes.resolve("lb")
+    assert weighted is not None and weighted.group is not None and least is not None and least.group is not None
+    never: dict[str, int] = {}
+    picks = [balance.order(weighted.group, never, lambda name: False)[0].upstream_name for _ in range(6)]
+    assert picks == ["gpu-a", "gpu-b", "gpu-a", "gpu-a", "gpu-b", "gpu-a"], "smooth: interleaved, 2 of every 3"
+    first = balance.order(weighted.group, never, lambda name: name == "gpu-a")
+    assert [t.upstream_name for t in first][-1] == "gpu-a", "a target known to be cooling goes last"
+    # least_busy: the fewest in flight; among equals the higher weight; then in turn.
+    assert balance.order(least.group, {"cloud": 1}, lambda name: False)[0].upstream_name in ("gpu-a", "gpu-b")
+    assert balance.order(least.group, {}, lambda name: False)[0].upstream_name == "cloud"
+    turns = [balance.order(least.group, {"cloud": 5}, lambda name: False)[0].upstream_name for _ in range(4)]
+    assert sorted(turns) == ["gpu-a", "gpu-a", "gpu-b", "gpu-b"], "equal targets share the load"
+    chosen = balance.order(least.group, {"cloud": 5}, lambda name: False)[0]
+    assert [t.upstream_name for t in balance.rest(chosen)][0] == "cloud", "the rest: by weight"

@@ -52,7 +52,7 @@ def locked(recording: RecordingUpstream, tmp_path_factory: pytest.TempPathFactor
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  up: {{base_url: "{recording.url}", api_key: "${{AUTH_TEST_UPSTREAM_KEY}}", max_retries: 0}}
+  up: {{base_url: "{recording.url}", api_key: "${{AUTH_TEST_UPSTREAM_KEY}}", max_retries: 0, cooldown: false}}
 models:
   - {{name: tiny, aliases: [tiny-alias], upstream: up}}
   - {{name: other, upstream: up}}
@@ -132,6 +132,7 @@ upstreams:
   azure:
     provider: azure
     base_url: "{recording.url}"
+    cooldown: false
     api_key: "{UPSTREAM_KEY}"
     auth_header: api-key
     query: {{api-version: "2024-10-21"}}
@@ -139,11 +140,13 @@ upstreams:
   router:
     provider: openrouter
     base_url: "{recording.url}"
+    cooldown: false
     api_key: "{UPSTREAM_KEY}"
     headers: {{HTTP-Referer: "https://example.org/app", X-Title: "Example App"}}
     max_retries: 0
   byok:
     base_url: "{recording.url}"
+    cooldown: false
     api_key: "{UPSTREAM_KEY}"
     pass_client_key: true
     max_retries: 0

@@ -63,8 +63,8 @@ def gateway(listing: ModelsUpstream, hanging: ModelsUpstream, tmp_path_factory: 
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  lister: {{base_url: "{listing.url}", discover: true, prefix: "lst/", discover_interval: 1, discover_timeout: 2, max_retries: 0}}
-  hangs:  {{base_url: "{hanging.url}", discover: true, prefix: "hang/", discover_interval: 1, discover_timeout: 0.5}}
+  lister: {{base_url: "{listing.url}", discover: true, prefix: "lst/", discover_interval: 1, discover_timeout: 2, max_retries: 0, cooldown: false}}
+  hangs:  {{base_url: "{hanging.url}", discover: true, prefix: "hang/", discover_interval: 1, discover_timeout: 0.5, cooldown: false}}
 models:
   - {{name: lst/pinned, upstream: lister, model: pinned, context_length: 999}}
 """)

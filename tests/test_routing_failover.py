@@ -73,13 +73,13 @@ def gateway(primary: FakeUpstream, backup: FakeUpstream, failing: FakeUpstream, 
     fast = "retry_backoff: 0.01, retry_backoff_max: 0.05"
     routes.write_text(f"""
 upstreams:
-  flaky:    {{base_url: "{primary.url}", max_retries: 2, {fast}, retry_after_max: 2}}
-  backup:   {{base_url: "{backup.url}", max_retries: 0}}
-  dead:     {{base_url: "http://127.0.0.1:{closed_port()}/v1", max_retries: 1, {fast}}}
-  hole:     {{base_url: "http://127.0.0.1:{hole.port}/v1", connect_timeout: 0.5, max_retries: 0}}
-  silent:   {{base_url: "{primary.url}", first_token_timeout: 1, max_retries: 0}}
-  bounded:  {{base_url: "{primary.url}", total_timeout: 1.5, max_retries: 0}}
-  failing:  {{base_url: "{failing.url}", max_retries: 0}}
+  flaky:    {{base_url: "{primary.url}", max_retries: 2, {fast}, retry_after_max: 2, cooldown: false}}
+  backup:   {{base_url: "{backup.url}", max_retries: 0, cooldown: false}}
+  dead:     {{base_url: "http://127.0.0.1:{closed_port()}/v1", max_retries: 1, {fast}, cooldown: false}}
+  hole:     {{base_url: "http://127.0.0.1:{hole.port}/v1", connect_timeout: 0.5, max_retries: 0, cooldown: false}}
+  silent:   {{base_url: "{primary.url}", first_token_timeout: 1, max_retries: 0, cooldown: false}}
+  bounded:  {{base_url: "{primary.url}", total_timeout: 1.5, max_retries: 0, cooldown: false}}
+  failing:  {{base_url: "{failing.url}", max_retries: 0, cooldown: false}}
 models:
   - {{name: flaky-m, upstream: flaky, model: a-model, fallbacks: [backup-m]}}
   - {{name: solo, upstream: flaky, model: a-model}}

@@ -45,7 +45,7 @@ def _reset(first: FakeUpstream, second: FakeUpstream) -> None:
 def routes_to(upstream: FakeUpstream, name: str = "one", extra: str = "") -> str:
     return f"""
 upstreams:
-  {name}: {{base_url: "{upstream.url}", max_retries: 0}}
+  {name}: {{base_url: "{upstream.url}", max_retries: 0, cooldown: false}}
 models:
   - {{name: m, upstream: {name}, model: model-of-{name}}}
 {extra}"""

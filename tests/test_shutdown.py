@@ -43,7 +43,7 @@ def start_gateway(upstream: FakeUpstream, folder: Path, grace: float, workers: i
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 120}}
+  fake: {{base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", max_retries: 0, timeout: 120, cooldown: false}}
 models:
   - {{name: tiny, upstream: fake, model: up-model}}
 """)

@@ -43,7 +43,7 @@ async def messages(request: Request) -> Response:
     _require(messages_request)
     if messages_request.max_tokens is None:
         raise BadRequest("max_tokens: Field required")
-    target = context.route(messages_request.model)
+    target = context.route(messages_request.model, balanced=True)
     translator = MessagesTranslator(messages_request, target, context.clock)
     translator.local_reply()  # the capability checks
     exchange = context.exchange()

@@ -41,9 +41,11 @@ class RequestContext:
         self.state = state
         self.grant: Grant | None = None
 
-    def route(self, name: str, shown_name: str | None = None) -> Target:
+    def route(self, name: str, shown_name: str | None = None, balanced: bool = False) -> Target:
         """The target serving `name` on this request's map: 404 if none, 403 if its key may not.
 
+        For an entry with `targets`: its first deployment (what /api/show describes), or with
+        `balanced` (a request that goes upstream) this request's balanced choice (balance.py).
         Called once the body is validated: the end of the request's body stage (`validated`).
         """
         record = self.record
@@ -55,6 +57,8 @@ class RequestContext:
         target = self.state.route_map.resolve(name)
         if target is None:
             raise ModelNotFound(shown_name if shown_name is not None else name)
+        if balanced and target.group is not None:
+            target = self.state.clients.choose(target)
         route = target.route
         record.route = route.name if route.is_pattern else route.listed_name  # bounded: an entry of the map
         grant = self.grant

@@ -85,7 +85,7 @@ async def translated(request: Request, endpoint: str) -> Response:
     name = ollama_request.model
     if not name and endpoint == "/api/chat":
         raise BadRequest("model is required")
-    target = context.route(name)
+    target = context.route(name, balanced=True)
     translator = translator_class(ollama_request, target, context.clock)
     keep_alive = getattr(ollama_request, "keep_alive", None)
     reply = translator.local_reply()

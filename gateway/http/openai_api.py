@@ -130,7 +130,7 @@ async def _relay(request: Request, path: str) -> Response:
 async def _answer(request: Request, call: RelayCall) -> Response:
     """Run the relay on the routed target (and its fallbacks); the answer whole, or streamed."""
     context = context_of(request)
-    primary = context.route(call.name)
+    primary = context.route(call.name, balanced=True)
     reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
         return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, context.state.clients.secrets)))

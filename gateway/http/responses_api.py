@@ -36,7 +36,7 @@ async def responses(request: Request) -> Response:
         raise BadRequest("model is required")
     if responses_request.background:
         raise BadRequest("background responses are not supported: the gateway keeps no response state")
-    target = context.route(responses_request.model)
+    target = context.route(responses_request.model, balanced=True)
     translator = ResponsesTranslator(responses_request, target, context.clock)
     exchange = context.exchange()
     # An upstream with `responses_api: true` (OpenAI itself) gets the request passed through.

@@ -62,6 +62,8 @@ class StreamedResponse(Response):
             metrics.stream_closed()
             with anyio.CancelScope(shield=True):
                 await rest.aclose()
+                if self._stream.on_close is not None:
+                    await self._stream.on_close()
             record = self._stream.record
             record.streamed = time.perf_counter_ns()  # the end of the stream stage, however it ended
         if logs.DEBUG and record.outcome == "ok":  # a failure is the front layer's `failed` event

@@ -11,7 +11,7 @@ discovery round starts empty).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import PrivateAttr, model_validator
 
@@ -27,7 +27,8 @@ class Target:
     """Where one request goes: the matched entry, its upstream, and the upstream's model id.
 
     `listed_name` is the `/api/tags` name that matched (an exact name, alias or discovered
-    name, with its tag); None when a pattern matched.
+    name, with its tag); None when a pattern matched. `group`: the entry's deployments when it
+    lists `targets` (this target is one of them), None for an entry with one `upstream`.
     """
 
     route: ModelRoute
@@ -36,6 +37,21 @@ class Target:
     upstream_model: str
     quirks: Quirks
     listed_name: str | None = None
+    group: TargetGroup | None = field(default=None, compare=False, repr=False)
+    weight: int = 1
+
+
+class TargetGroup:
+    """The deployments of one entry as one name resolved (`targets`, in file order), and the
+    worker's balancing state for them (`upstream/balance.py`)."""
+
+    __slots__ = ("targets", "balance", "current", "turn")
+
+    def __init__(self, balance: str) -> None:
+        self.targets: tuple[Target, ...] = ()
+        self.balance = balance
+        self.current: list[int] = []  # smooth weighted round robin: each target's current weight
+        self.turn = 0  # least_busy: the turn among targets tied for first place
 
 
 class RouteMap(RouteFile):
@@ -123,14 +139,33 @@ class RouteMap(RouteFile):
             upstream_model = captured if captured is not None else strip_latest(route.name)
         if captured is None and listed_name is None:
             listed_name = route.listed_name
-        return self.target_for(route, upstream_model, listed_name)
+        return self.target_for(route, upstream_model, listed_name, captured)
 
-    def target_for(self, route: ModelRoute, upstream_model: str, listed_name: str | None) -> Target:
-        upstream = self.upstreams[route.upstream]
+    def target_for(self, route: ModelRoute, upstream_model: str, listed_name: str | None, captured: str | None = None) -> Target:
+        """The target of an entry; for one with `targets`, its first deployment, all of them in its
+        `group` (each with its own upstream, model id and quirks, merged as for one upstream)."""
+        if route.targets is None:
+            assert route.upstream is not None
+            return self._deployment(route, route.upstream, upstream_model, listed_name, None, 1)
+        group = TargetGroup(route.balance)
+        targets = []
+        for deployment in route.targets:
+            model = deployment.model
+            if model is not None and captured is not None:
+                model = model.replace("*", captured)
+            targets.append(self._deployment(route, deployment.upstream, model or upstream_model, listed_name, group,
+                                            deployment.weight))
+        group.targets = tuple(targets)
+        group.current = [0] * len(targets)
+        return targets[0]
+
+    def _deployment(self, route: ModelRoute, upstream_name: str, upstream_model: str, listed_name: str | None,
+                    group: TargetGroup | None, weight: int) -> Target:
+        upstream = self.upstreams[upstream_name]
         quirks = PRESETS[upstream.provider].merged(upstream.quirk_overrides()).merged(route.quirk_overrides())
         return Target(
-            route=route, upstream_name=route.upstream, upstream=upstream, upstream_model=upstream_model,
-            quirks=quirks, listed_name=listed_name,
+            route=route, upstream_name=upstream_name, upstream=upstream, upstream_model=upstream_model,
+            quirks=quirks, listed_name=listed_name, group=group, weight=weight,
         )
 
     def fallback_targets(self, primary: Target) -> list[Target]:
@@ -161,7 +196,7 @@ class RouteMap(RouteFile):
         for routes in discovered.values():
             for route in routes:
                 key = canonical_name(route.name)
-                if key not in copy._discovered and route.upstream in self.upstreams:
+                if key not in copy._discovered and route.first_upstream in self.upstreams:
                     copy._discovered[key] = self.target_for(route, route.model or route.name, route.listed_name)
         return copy
 

@@ -3,7 +3,7 @@
 Shape (the user-facing contract; docs/routes.md documents every key)::
 
     upstreams: {NAME: {base_url, api_key, provider, headers, query, timeouts, retries, discover, ...}}
-    models:    [{name, aliases, upstream, model, fallbacks, capabilities, context_length}, ...]
+    models:    [{name, aliases, upstream | targets, model, balance, fallbacks, capabilities, context_length}, ...]
     auth:      {keys: [{key, models}, ...]}                                      # optional
     endpoints: {"/api/chat": "package.module:Class", ...}                      # optional
 
@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.routing.deployments import Balance, CooldownSettings, TargetSettings, cooldown_or_off
 from gateway.routing.names import canonical_name, tagged
 from gateway.routing.presets import ProviderName, ReasoningInput, ReasoningKnob
 from gateway.upstream.redact import MASK, Secrets
@@ -106,8 +107,13 @@ class UpstreamConfig(QuirkSettings):
     prefix: str = ""
     discover_interval: float = Field(default=300.0, ge=1)
     discover_timeout: float = Field(default=10.0, gt=0)
+    # Requests in flight to this upstream across the workers (routing/deployments.py); and the
+    # cooldown after failures in a row (on by default; `cooldown: false` turns it off).
+    max_concurrent: int | None = Field(default=None, gt=0)
+    cooldown: CooldownSettings | None = CooldownSettings()
 
     _empty_key_is_no_key = field_validator("api_key", mode="before")(_empty_is_none)
+    _cooldown_or_off = field_validator("cooldown", mode="before")(cooldown_or_off)
 
     @field_validator("prefix")
     @classmethod
@@ -209,11 +215,15 @@ class UpstreamConfig(QuirkSettings):
 
 
 class ModelRoute(QuirkSettings):
-    """One entry of `models`: an exact Ollama name (with aliases), or a pattern with one `*`."""
+    """One entry of `models`: an exact Ollama name (with aliases), or a pattern with one `*`.
+
+    Served by one `upstream`, or by several deployments (`targets`, chosen by `balance`)."""
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    upstream: str
+    upstream: str | None = None
+    targets: tuple[TargetSettings, ...] | None = Field(default=None, min_length=1)
+    balance: Balance = "least_busy"
     model: str | None = Field(default=None, min_length=1)
     fallbacks: tuple[str, ...] = ()
     capabilities: tuple[Capability, ...] | None = None
@@ -241,6 +251,27 @@ class ModelRoute(QuirkSettings):
         if self.aliases and self.is_pattern:
             raise ValueError("aliases need an exact name, not a pattern")
         return self
+
+    @model_validator(mode="after")
+    def _upstream_or_targets(self) -> ModelRoute:
+        if (self.upstream is None) == (self.targets is None):
+            raise ValueError("give exactly one of 'upstream' (one deployment) and 'targets' (several)")
+        if self.targets is None and "balance" in self.model_fields_set:
+            raise ValueError("'balance' needs 'targets'")
+        return self
+
+    @property
+    def deployments(self) -> tuple[TargetSettings, ...]:
+        """Every deployment of the entry: its `targets`, or its one `upstream` (weight 1)."""
+        if self.targets is not None:
+            return self.targets
+        assert self.upstream is not None
+        return (TargetSettings(upstream=self.upstream),)
+
+    @property
+    def first_upstream(self) -> str:
+        """The upstream of the entry's first deployment (what its listing details come from)."""
+        return self.upstream if self.upstream is not None else self.deployments[0].upstream
 
     @property
     def is_pattern(self) -> bool:
@@ -334,12 +365,14 @@ class RouteFile(BaseModel):
         """Every entry's upstream is defined, and each name or alias belongs to one entry only."""
         owners: dict[str, int] = {}
         for index, route in enumerate(self.models):
-            if route.upstream not in self.upstreams:
-                known = ", ".join(sorted(self.upstreams)) or "none"
-                raise ValueError(
-                    f"models[{index}] ({route.name!r}): upstream {route.upstream!r} is not defined "
-                    f"under upstreams (defined: {known})"
-                )
+            for position, deployment in enumerate(route.deployments):
+                if deployment.upstream not in self.upstreams:
+                    known = ", ".join(sorted(self.upstreams)) or "none"
+                    where = f"targets[{position}].upstream" if route.targets is not None else "upstream"
+                    raise ValueError(
+                        f"models[{index}] ({route.name!r}): {where} {deployment.upstream!r} is not defined "
+                        f"under upstreams (defined: {known})"
+                    )
             if route.is_pattern:
                 continue
             for name in (route.name, *route.aliases):

@@ -261,6 +261,19 @@ class Relay:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_fault(exc, self._origin, answering=True) from exc
 
+    def also_on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` too when the relay is closed (after what was there already)."""
+        previous = self._on_close
+
+        def both() -> None:
+            try:
+                if previous is not None:
+                    previous()
+            finally:
+                callback()
+
+        self._on_close = both
+
     def close(self) -> None:
         try:
             _close(self._response)

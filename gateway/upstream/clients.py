@@ -28,6 +28,8 @@ from gateway import __version__, tracing
 from gateway.errors import UpstreamUnavailable
 from gateway.routing.resolver import RouteMap, Target
 from gateway.routing.schema import UpstreamConfig
+from gateway.upstream import balance
+from gateway.upstream.admission import Admission
 from gateway.upstream.faults import Origin
 from gateway.upstream.limiter import UpstreamLimiter
 from gateway.upstream.redact import CLIENT_KEY, Secrets
@@ -119,7 +121,7 @@ def _static_headers(config: UpstreamConfig) -> dict[str, str]:
 class UpstreamClients:
     """The per-worker set of upstream clients of one route map, by upstream name."""
 
-    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "shared")
+    __slots__ = ("_configs", "_clients", "secrets", "limiter", "max_answer_bytes", "shared", "admission")
 
     def __init__(
         self,
@@ -145,6 +147,18 @@ class UpstreamClients:
         # The worker's one shared-state store (sharedstate.py), opened and closed by the app's
         # lifespan; a reloaded set keeps its predecessor's (outside a served app: this process's).
         self.shared: SharedState = shared or (previous.shared if previous is not None else _process_state())
+        # Cooldown views and in-flight counts per upstream over that store (admission.py): kept
+        # across reloads.
+        self.admission: Admission = previous.admission if previous is not None else Admission(self.shared, self.limiter.queue_timeout)
+
+    def choose(self, target: Target) -> Target:
+        """The balanced choice among the deployments of `target`'s entry (balance.py); `target`
+        itself for an entry with one upstream."""
+        group = target.group
+        if group is None:
+            return target
+        admission = self.admission
+        return balance.order(group, admission.in_flight, admission.known_cooling)[0]
 
     def __getitem__(self, name: str) -> UpstreamClient:
         return self._clients[name]

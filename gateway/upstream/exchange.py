@@ -2,7 +2,8 @@
 first-byte rule.
 
     Exchange.run(primary, call)         call.attempt(target) on the primary, then as failover.py
-                                        says: the same target again, then each fallback
+                                        says (sequence.py): the same target again, the entry's
+                                        other targets, then each fallback
     TranslatedCall                      a translator's request: one JSON answer, or its stream
                                         (NDJSON, or the translator's own `framing`: the Anthropic
                                         Messages events) opened up to the first chunk
@@ -35,7 +36,7 @@ from gateway.ollama import ModelRequest
 from gateway.routing.resolver import RouteMap, Target
 from gateway.translators.base import ChunkFraming, StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
-from gateway.upstream import failover
+from gateway.upstream import failover, sequence
 from gateway.upstream.attempts import Attempts, log_failure, log_wait
 from gateway.upstream.calls import Relay, open_events, open_relay, post_json
 from gateway.upstream.clients import UpstreamClients
@@ -60,26 +61,35 @@ class Call(Protocol[T_co]):
 
 
 class Exchange:
-    """The attempts of one request: on the primary target, then as `failover` says; each one
-    timed, logged and traced by `attempts.Attempts`."""
+    """The attempts of one request: on the primary target, then as `failover` says (run by
+    `sequence.fail_over`); each one timed, logged and traced by `attempts.Attempts`.
 
-    __slots__ = ("clients", "route_map", "record", "attempts")
+    The no-fault path of an entry with one `upstream`, no `max_concurrent`, and a cooldown this
+    worker knows to be clear makes one call and nothing else: no store call, no lease."""
+
+    __slots__ = ("clients", "route_map", "record", "attempts", "fresh")
 
     def __init__(self, clients: UpstreamClients, route_map: RouteMap, record: RequestRecord) -> None:
         self.clients = clients
         self.route_map = route_map
         self.record = record
         self.attempts = Attempts(record)
+        self.fresh = True  # the call's first attempt (on the primary, with the handler's translator) is to come
 
     async def run(self, primary: Target, call: Call[T]) -> T:
+        admission = self.clients.admission
+        if primary.group is not None or primary.upstream.max_concurrent is not None or not admission.known_clear(primary):
+            return await sequence.fail_over(self, primary, call, None)
+        self.fresh = False
         try:
-            return await self._attempt(call, primary, True)  # the no-fault path: one call, nothing else
+            return await self.attempt(call, primary, True)  # the no-fault path: one call, nothing else
         except GatewayError as exc:
             log_failure(primary, 1, exc)
+            await admission.failed(primary, exc)
             if failover.gives_up_at_once(exc, primary):
                 raise
             first_error = exc
-        return await self._fail_over(primary, call, first_error)
+        return await sequence.fail_over(self, primary, call, first_error)
 
     async def run_translated(self, primary: Target, call: Call[T], translator: Translator[Any]) -> T:
         """`run`, a failure said in the translator's endpoint's words (`Translator.map_error`)."""
@@ -91,7 +101,7 @@ class Exchange:
                 raise
             raise mapped from exc
 
-    async def _attempt(self, call: Call[T], target: Target, first: bool) -> T:
+    async def attempt(self, call: Call[T], target: Target, first: bool) -> T:
         """One attempt, timed from its call to its first byte, answer or failure."""
         attempts = self.attempts
         attempts.begin()
@@ -109,38 +119,6 @@ class Exchange:
         status = result.status if isinstance(result, Relay) else 200
         self.record.answered = attempts.ended(None, failed=False, streamed=isinstance(result, OpenedStream), status=status)
         return result
-
-    async def _fail_over(self, primary: Target, call: Call[T], first_error: GatewayError) -> T:
-        errors: list[GatewayError] = []
-        pending: GatewayError | None = first_error
-        for position, target in enumerate(failover.targets(primary, self.route_map)):
-            if position:
-                self.record.upstream = target.upstream_name
-                self.record.upstream_model = target.upstream_model
-            count = 1 if pending is not None else 0
-            try:
-                async for state in failover.retrying(target, log_wait(target)):
-                    with state:
-                        if pending is not None:
-                            # The primary's first try already failed (in `run`): let tenacity
-                            # decide on it, so its wait and its count are the library's.
-                            error, pending = pending, None
-                            raise error
-                        count += 1
-                        try:
-                            result = await self._attempt(call, target, False)
-                        except GatewayError as exc:
-                            log_failure(target, count, exc, fallback=position > 0)
-                            raise
-                        log.info("upstream_attempt", upstream=target.upstream_name, upstream_model=target.upstream_model,
-                                 attempt=count, fallback=position > 0, outcome="ok")
-                        return result
-            except GatewayError as exc:
-                if exc.verdict == "stop":
-                    raise
-                errors.append(exc)
-        raise failover.final_error(errors)
-
 
 def _total_timeout(target: Target) -> Callable[[], UpstreamTimeout]:
     def error() -> UpstreamTimeout:

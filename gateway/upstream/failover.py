@@ -1,7 +1,11 @@
 """Retry and fallback policy: which targets a request may try, in what order, and how long to wait.
 
-Policy only; `exchange.py` runs the attempts. A request goes to its target, then to the entry's
-`fallbacks` in order (`targets`). Whether a failed attempt is tried again, skipped to the next
+Policy only; `exchange.py` runs the attempts. A request goes to its target; for an entry with
+`targets`, the balanced choice (`balance.py`, made when the request was routed) and then the
+entry's other deployments; then to the entry's `fallbacks` in order, each with its own
+deployments (`tiers`). A target cooling down is skipped; one whose `max_concurrent` leases are
+all taken is passed over for the next of its tier, and waited for (GATEWAY_QUEUE_TIMEOUT, then
+503) only when no other target of its tier could answer (admission.py). Whether a failed attempt is tried again, skipped to the next
 target or answered is the failure's own verdict (`errors.UPSTREAM_FAULTS` rows):
 
     verdict   failure                                          then
@@ -30,6 +34,7 @@ from tenacity.wait import wait_base, wait_exponential_jitter
 
 from gateway.errors import GatewayError, Unsuitable, Verdict
 from gateway.routing.resolver import RouteMap, Target
+from gateway.upstream import balance
 
 
 def verdict_of(exc: GatewayError) -> Verdict:
@@ -45,9 +50,12 @@ def gives_up_at_once(exc: GatewayError, primary: Target) -> bool:
     return not primary.route.fallbacks and (verdict == "next" or primary.upstream.max_retries == 0)
 
 
-def targets(primary: Target, route_map: RouteMap) -> list[Target]:
-    """The primary, then the targets of its `fallbacks` (names that match nothing are left out)."""
-    return [primary, *route_map.fallback_targets(primary)]
+def tiers(primary: Target, route_map: RouteMap, order: Callable[[Target], list[Target]]) -> list[list[Target]]:
+    """The targets to try, tier by tier: the primary and the rest of its entry's deployments,
+    then each fallback's deployments in their balanced `order` (names that match nothing are
+    left out)."""
+    first = [primary, *balance.rest(primary)] if primary.group is not None else [primary]
+    return [first, *(order(target) if target.group is not None else [target] for target in route_map.fallback_targets(primary))]
 
 
 def retrying(target: Target, before_sleep: Callable[[RetryCallState], None]) -> AsyncRetrying:

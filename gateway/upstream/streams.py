@@ -14,7 +14,7 @@ applied here, to the first chunk and to the whole stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from gateway.errors import GatewayError, error_body
@@ -48,13 +48,16 @@ NDJSON_FRAMING = NDJSON()
 class OpenedStream:
     """A stream past its first chunk: `first`, then `rest` (which ends with an error chunk, if any)."""
 
-    __slots__ = ("first", "rest", "framing", "record")
+    __slots__ = ("first", "rest", "framing", "record", "on_close")
 
     def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], framing: Framing, record: RequestRecord) -> None:
         self.first = first
         self.rest = rest
         self.framing = framing
         self.record = record
+        # Awaited once the response has closed `rest` (http/streaming.py): gives back the
+        # attempt's place on its upstream (admission.Hold), if it holds one.
+        self.on_close: Callable[[], Awaitable[None]] | None = None
 
     @property
     def media_type(self) -> str:
