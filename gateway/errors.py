@@ -92,6 +92,20 @@ class KeyLimited(GatewayError):
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+class UpstreamCooling(ServerBusy):
+    """A target skipped: its upstream is cooling down after failures in a row (503, Retry-After;
+    upstream/admission.py). Its verdict sends the request on to the next target."""
+
+    verdict: Verdict = "next"
+
+    def __init__(self, upstream: str, after_failures: int, left: float) -> None:
+        seconds = math.ceil(left)
+        super().__init__(
+            f"upstream '{upstream}' is cooling down after {after_failures} failures in a row ({seconds} s left)",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
 class ModelNotFound(GatewayError):
     status_code = 404
     verdict: Verdict = "next"

@@ -30,10 +30,12 @@ USER_HI = [{"role": "user", "content": "hi"}]
 
 
 def limited_routes(folder: Path, upstream_url: str, rpm: int = 5) -> Path:
+    # No cooldown: its per-worker view asks the store about once a second (tests/test_targets.py),
+    # and the store's call count here must show the limits' operations alone.
     routes = folder / "routes.yaml"
     routes.write_text(f"""
 upstreams:
-  up: {{base_url: "{upstream_url}", max_retries: 0}}
+  up: {{base_url: "{upstream_url}", max_retries: 0, cooldown: false}}
 models:
   - {{name: tiny, upstream: up, model: up-model}}
 auth:

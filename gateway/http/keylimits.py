@@ -32,7 +32,7 @@ from gateway.http.ollama_api import ollama_error
 from gateway.http.openai_api import openai_error
 from gateway.logs import RequestRecord
 from gateway.routing.keys import Grant
-from gateway.routing.schema import KeyLimits
+from gateway.routing.authschema import KeyLimits
 from gateway.upstream.sharedstate import LEASE_TTL, Lease, SharedState
 
 WINDOW = 60.0  # rpm and tpm: per minute

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 
 from gateway.routing.names import canonical_name
-from gateway.routing.schema import AuthConfig, KeyLimits
+from gateway.routing.authschema import AuthConfig, KeyLimits
 
 _ID_SALT = b"ollama-gateway key limits"
 _ID_ROUNDS = 20_000

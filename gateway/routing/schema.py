@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.routing.authschema import AuthConfig, empty_is_none
 from gateway.routing.deployments import Balance, CooldownSettings, TargetSettings, cooldown_or_off
 from gateway.routing.names import canonical_name, tagged
 from gateway.routing.presets import ProviderName, ReasoningInput, ReasoningKnob
@@ -39,11 +40,6 @@ Capability = Literal["completion", "tools", "insert", "vision", "embedding", "th
 
 # Header and query parameter names whose values are credentials, whatever their length.
 _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|pass|cookie|session|signature|credential|^sig$|^code$", re.IGNORECASE)
-
-
-def _empty_is_none(value: Any) -> Any:
-    """`${KEY:-}` for an optional key: an empty key is no key (the SDK refuses "")."""
-    return None if value == "" else value
 
 
 class QuirkSettings(BaseModel):
@@ -112,7 +108,7 @@ class UpstreamConfig(QuirkSettings):
     max_concurrent: int | None = Field(default=None, gt=0)
     cooldown: CooldownSettings | None = CooldownSettings()
 
-    _empty_key_is_no_key = field_validator("api_key", mode="before")(_empty_is_none)
+    _empty_key_is_no_key = field_validator("api_key", mode="before")(empty_is_none)
     _cooldown_or_off = field_validator("cooldown", mode="before")(cooldown_or_off)
 
     @field_validator("prefix")
@@ -285,53 +281,6 @@ class ModelRoute(QuirkSettings):
     @property
     def capability_list(self) -> list[str]:
         return list(self.capabilities) if self.capabilities else ["completion"]
-
-
-class KeyLimits(BaseModel):
-    """What one key may use per minute and at once, across every worker and replica (any subset):
-    requests per minute, prompt+completion tokens per minute, requests in flight."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-    max_parallel: int | None = Field(default=None, gt=0)
-
-    def describe(self) -> str:
-        parts = [f"{value} {unit}" for value, unit in (
-            (self.rpm, "requests/min"), (self.tpm, "tokens/min"), (self.max_parallel, "at once"),
-        ) if value is not None]
-        return ", ".join(parts) or "none"
-
-
-class AuthKey(BaseModel):
-    """One inbound key, optionally limited to some model names or patterns (`*` matches any run),
-    and optionally with `limits`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: SecretStr | None
-    models: tuple[str, ...] = ("*",)
-    limits: KeyLimits | None = None
-
-    _missing_variable: str | None = PrivateAttr(default=None)
-
-    _empty_key_is_no_key = field_validator("key", mode="before")(_empty_is_none)
-
-    @field_validator("key")
-    @classmethod
-    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None and len(key.get_secret_value()) < 8:
-            raise ValueError("an auth key must be at least 8 characters long")
-        return key
-
-
-class AuthConfig(BaseModel):
-    """Inbound bearer-key checks: on for every endpoint but `GET/HEAD /` once this is present."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    keys: tuple[AuthKey, ...] = Field(min_length=1)
 
 
 class RouteFile(BaseModel):

@@ -27,34 +27,18 @@ then answers Ollama's 503 "server busy".
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 
 import anyio
 from collections.abc import Sequence
 
-from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy, Verdict
+from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy
 from gateway.routing.resolver import Target
 from gateway.upstream.sharedstate import LEASE_TTL, Lease, SharedState
 
 STALE_S = 1.0  # the longest a worker trusts what the store said about a cooldown
 _POLL_S = (0.01, 0.2)  # first and longest wait between polls for a free lease
-
-
-class UpstreamCooling(ServerBusy):
-    """A target skipped: its upstream is cooling down after failures in a row (503, Retry-After)."""
-
-    verdict: Verdict = "next"
-
-    def __init__(self, target: Target, left: float) -> None:
-        cooldown = target.upstream.cooldown
-        after = cooldown.after_failures if cooldown is not None else 0
-        seconds = math.ceil(left)
-        super().__init__(
-            f"upstream '{target.upstream_name}' is cooling down after {after} failures in a row ({seconds} s left)",
-            headers={"Retry-After": str(seconds)},
-        )
 
 
 class _View:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy
+from gateway.errors import SERVER_BUSY, GatewayError, ServerBusy, UpstreamCooling
 from gateway.routing.resolver import Target
 from gateway.upstream import balance, failover
-from gateway.upstream.admission import Hold, UpstreamCooling
+from gateway.upstream.admission import Hold
 from gateway.upstream.attempts import log_failure, log_wait
 from gateway.upstream.calls import Relay
 from gateway.upstream.streams import OpenedStream
@@ -51,7 +51,8 @@ async def fail_over(exchange: Exchange, primary: Target, call: Call[T], pending:
                 left = await admission.cooling(target)
                 if left > 0:
                     log.info("upstream_skipped", upstream=target.upstream_name, reason="cooling", left_s=round(left, 1))
-                    errors.append(UpstreamCooling(target, left))
+                    cooldown = target.upstream.cooldown
+                    errors.append(UpstreamCooling(target.upstream_name, cooldown.after_failures if cooldown else 0, left))
                     continue
             try:
                 return await _tries(exchange, call, target, pending, None, primary, tier > 0)
