@@ -183,6 +183,22 @@ def test_the_sdk_sends_the_completions_and_embeddings_bodies_the_translators_bui
     assert upstream.last("/v1/embeddings").json == embedding
 
 
+# -- third-party translators ----------------------------------------------------------------------
+
+def test_a_plugin_translator_returning_a_plain_dict_still_serves(upstream: FakeUpstream, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(upstream.url) + "endpoints:\n  /api/chat: tests.plugin_translator:VendorChat\n")
+    gateway = RunningGateway(routes, tmp_path / "gateway.log")
+    try:
+        reply = httpx.post(gateway.url + "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                           "stream": False})
+    finally:
+        gateway.stop()
+    assert reply.status_code == 200 and reply.json()["message"]["content"] == "Hello there."
+    assert upstream.last().json == {"model": "up-model", "messages": [{"role": "user", "content": "hi"}],
+                                    "vendor_flag": {"from": "plugin"}}
+
+
 # -- no openai in a worker ------------------------------------------------------------------------
 
 # Loaded at start-up by every Python process of the gateway (`sitecustomize` on PYTHONPATH): it

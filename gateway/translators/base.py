@@ -53,6 +53,7 @@ class Translator(ABC, Generic[RequestT]):
 
         The built-in translators return the `openai` SDK's request TypedDict for the path, provider
         extras set over it (upstream_body.py); any mapping JSON can encode does, a plain dict too.
+        (For mypy, an override in a subclass of a built-in translator keeps that translator's type.)
         """
 
     @abstractmethod
