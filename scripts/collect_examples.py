@@ -1,9 +1,12 @@
 """Record what an OpenAI-compatible server really sends, as replayable fixtures.
 
 For each feature (chat, streaming, tools, reasoning, JSON output, embeddings, models,
-errors) this script POSTs one raw request with ``httpx`` and writes the exact response
-(status, content-type / retry-after headers, and body) to
-``references/openai-examples/<provider>/<feature>.json``:
+errors) this script sends one request through the ``openai`` SDK's typed method
+(``client.chat.completions.create(...)``, ``client.embeddings.create(...)``,
+``client.models.list()``; fields the SDK does not define, such as a provider's reasoning switch,
+as its ``extra_body``) and writes the body the SDK sent and the exact response (status,
+content-type / retry-after headers, and the raw body, read unparsed through
+``with_streaming_response``) to ``references/openai-examples/<provider>/<feature>.json``:
 
     {
       "source": "recorded from <server> by scripts/collect_examples.py on YYYY-MM-DD",
@@ -23,7 +26,8 @@ JSON responses are stored parsed under ``"body"``; SSE and other bodies verbatim
 ``"body_text"``.  ``path`` is the URL path on the server (base URL path included).  The
 gateway's tests replay these files from a loopback HTTP server.  A feature the server does
 not support is recorded anyway (whatever it answered), and a summary table is printed.
-The API key is sent only in the Authorization header and never written to a file.
+The API key is sent only in the Authorization header and never written to a file (without a
+key, the placeholder ``unused`` is sent, as the SDK always sends one).
 
 Refreshing fixtures from a real provider (a maintainer with a key)
 -------------------------------------------------------------------
@@ -65,12 +69,15 @@ import datetime as dt
 import json
 import os
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-import httpx
+import openai
+from openai.types import EmbeddingCreateParams
+from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEPT_HEADERS = ("content-type", "retry-after")
@@ -132,6 +139,10 @@ WEATHER_SCHEMA = {
 
 EMBED_INPUTS = ["The sky is blue.", "Grass is green.", "Ollama Gateway fixtures."]
 
+# The fields of the SDK's request types: the rest of a body goes as `extra_body`.
+CHAT_FIELDS = CompletionCreateParamsStreaming.__required_keys__ | CompletionCreateParamsStreaming.__optional_keys__
+EMBEDDING_FIELDS = EmbeddingCreateParams.__required_keys__ | EmbeddingCreateParams.__optional_keys__
+
 
 # --------------------------------------------------------------------------- requests
 
@@ -161,6 +172,7 @@ class Recorded:
     events: list[Any] = field(default_factory=list)  # parsed SSE data payloads (not [DONE])
     comments: int = 0
     done_marker: bool = False
+    sent: Any = None  # the JSON body the SDK sent
 
 
 def build_specs(args: argparse.Namespace) -> dict[str, Spec]:
@@ -277,21 +289,31 @@ def parse_sse(text: str) -> tuple[list[Any], int, bool]:
     return events, comments, done
 
 
-def send(client: httpx.Client, base_url: str, spec: Spec, api_key: str | None, extra_headers: dict) -> Recorded:
-    headers = {"Accept-Encoding": "identity", **extra_headers}
-    key = spec.api_key if spec.api_key is not None else api_key
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    url = base_url.rstrip("/") + spec.endpoint
-    kwargs: dict[str, Any] = {"headers": headers}
-    if spec.body is not None:
-        kwargs["json"] = spec.body
-    with client.stream(spec.method, url, **kwargs) as resp:
-        raw = resp.read()
+def typed_call(client: openai.OpenAI, spec: Spec) -> AbstractContextManager[Any]:
+    """The SDK's typed method for the spec, as a raw streamed response (read whole, unparsed)."""
+    if spec.endpoint == "/models":
+        return client.models.with_streaming_response.list()
+    assert spec.body is not None
+    fields = CHAT_FIELDS if spec.endpoint == "/chat/completions" else EMBEDDING_FIELDS
+    params = {key: value for key, value in spec.body.items() if key in fields}
+    extra = {key: value for key, value in spec.body.items() if key not in fields} or None
+    if spec.endpoint == "/chat/completions":
+        return client.chat.completions.with_streaming_response.create(**params, extra_body=extra)
+    return client.embeddings.with_streaming_response.create(**params, extra_body=extra)
+
+
+def send(client: openai.OpenAI, spec: Spec) -> Recorded:
+    if spec.api_key is not None:
+        client = client.with_options(api_key=spec.api_key)
+    try:
+        with typed_call(client, spec) as response:
+            raw, status, headers, request = response.read(), response.status_code, response.headers, response.http_request
+    except openai.APIStatusError as exc:  # a 4xx or 5xx: the SDK raises, its response read whole
+        raw, status, headers, request = exc.response.content, exc.status_code, exc.response.headers, exc.request
     text = raw.decode("utf-8", errors="replace")
-    kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
+    kept = {k: headers[k] for k in KEPT_HEADERS if k in headers}
     ctype = kept.get("content-type", "").lower()
-    rec = Recorded(status=resp.status_code, headers=kept, text=text)
+    rec = Recorded(status=status, headers=kept, text=text, sent=json.loads(request.content) if request.content else None)
     if "text/event-stream" in ctype:
         rec.is_sse = True
         rec.events, rec.comments, rec.done_marker = parse_sse(text)
@@ -311,8 +333,8 @@ def fixture(spec: Spec, rec: Recorded, source: str, path_prefix: str) -> dict:
     else:
         response["body_text"] = rec.text
     request: dict[str, Any] = {"method": spec.method, "path": path_prefix + spec.endpoint}
-    if spec.body is not None:
-        request["json"] = spec.body
+    if rec.sent is not None:
+        request["json"] = rec.sent
     return {"source": source, "feature": spec.feature, "request": request, "response": response}
 
 
@@ -577,16 +599,17 @@ def main(argv: list[str] | None = None) -> int:
     specs = build_specs(args)
     wanted = args.only or (FEATURES + OPTIONAL_FEATURES if args.with_optional else FEATURES)
     rows: list[tuple[str, str, str, str, str]] = []
-    timeout = httpx.Timeout(args.timeout, connect=10.0)
-    with httpx.Client(timeout=timeout) as client:
+    headers = {"Accept-Encoding": "identity", **extra_headers}
+    with openai.OpenAI(base_url=args.base_url, api_key=args.api_key or "unused", default_headers=headers,
+                       timeout=args.timeout, max_retries=0) as client:
         for feature in wanted:
             spec = specs[feature]
             if feature == "embeddings" and not args.embed_model:
                 rows.append((feature, "-", str(spec.expect_status), "skipped", "no --embed-model"))
                 continue
             try:
-                rec = send(client, args.base_url, spec, args.api_key, extra_headers)
-            except httpx.HTTPError as exc:
+                rec = send(client, spec)
+            except openai.APIError as exc:
                 rows.append((feature, "-", str(spec.expect_status), "FAILED", f"{type(exc).__name__}: {exc}"))
                 continue
             supported, note = spec.check(rec)

@@ -214,22 +214,27 @@ def test_images_on_tool_results_move_to_a_user_message_after_the_tool_block() ->
 # -- thinking ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    ("knob", "think", "expected"),
+    ("knob", "think", "effort", "extras"),
     [
-        ("reasoning_effort", "low", {"reasoning_effort": "low"}),
-        ("reasoning_effort", False, {"reasoning_effort": "none"}),
-        ("reasoning_effort", True, {}),
-        ("openrouter", True, {"reasoning": {"enabled": True}}),
-        ("openrouter", "high", {"reasoning": {"effort": "high"}}),
-        ("chat_template_kwargs", False, {"chat_template_kwargs": {"enable_thinking": False}}),
-        ("chat_template_kwargs", "medium", {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "medium"}}),
-        ("groq", True, {"reasoning_format": "parsed"}),
-        ("none", True, {}),
-        ("openrouter", None, {}),
+        ("reasoning_effort", "low", "low", {}),
+        ("reasoning_effort", "max", "high", {}),
+        ("reasoning_effort", False, "none", {}),
+        ("reasoning_effort", True, None, {}),
+        ("openrouter", True, None, {"reasoning": {"enabled": True}}),
+        ("openrouter", "high", None, {"reasoning": {"effort": "high"}}),
+        ("chat_template_kwargs", False, None, {"chat_template_kwargs": {"enable_thinking": False}}),
+        ("chat_template_kwargs", "medium", None, {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "medium"}}),
+        ("groq", True, None, {"reasoning_format": "parsed"}),
+        ("groq", "low", "low", {"reasoning_format": "parsed"}),
+        ("none", True, None, {}),
+        ("openrouter", None, None, {}),
     ],
 )
-def test_think_maps_to_the_configured_knob(knob: str, think: Any, expected: dict[str, Any]) -> None:
-    assert reasoning_params(knob, think) == expected  # type: ignore[arg-type]
+def test_think_maps_to_the_configured_knob(knob: str, think: Any, effort: str | None, extras: dict[str, Any]) -> None:
+    """OpenAI's `reasoning_effort` is a standard field; the other knobs are provider extras."""
+    got: dict[str, Any] = {}
+    assert reasoning_params(knob, think, got) == effort  # type: ignore[arg-type]
+    assert got == extras
 
 
 def test_think_knob_comes_from_the_route() -> None:

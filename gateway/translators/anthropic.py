@@ -29,7 +29,7 @@ Anthropic says it (`prompt is too long: N tokens > M maximum`), which makes Clau
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -47,6 +47,14 @@ from gateway.translators.completion import raise_for_error_event
 from gateway.translators.messages import ToolNames
 from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, reasoning_text
 from gateway.translators.toolcalls import parse_arguments
+from gateway.translators.upstream_body import streamed_chat, with_extras
+
+if TYPE_CHECKING:
+    from openai.types.chat import CompletionCreateParams
+    from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+    from openai.types.shared_params import ReasoningEffort
+
+    from gateway.translators.upstream_body import Extras
 
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
 
@@ -108,54 +116,57 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
 
     # -- request -------------------------------------------------------------------------------
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> CompletionCreateParams:
         request, quirks = self.request, self.target.quirks
         tools, dropped = upstream_tools(request.tools, self.tool_names)
         self.dropped_options = dropped
-        body: dict[str, Any] = {"model": self.target.upstream_model, "messages": upstream_messages(request, quirks, self.tool_names)}
+        params: CompletionCreateParamsNonStreaming = {
+            "model": self.target.upstream_model, "messages": upstream_messages(request, quirks, self.tool_names),
+        }
+        extras: Extras = {}
         if request.max_tokens:
-            body[quirks.max_tokens_field] = request.max_tokens
-        for name in ("temperature", "top_p"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
+            params[quirks.max_tokens_field] = request.max_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
         if request.top_k is not None:
             if "top_k" in quirks.extra_options:
-                body[quirks.extra_options["top_k"]] = request.top_k
+                extras[quirks.extra_options["top_k"]] = request.top_k
             else:
                 self.dropped_options.append("top_k")
         if request.stop_sequences:
-            body["stop"] = request.stop_sequences[: quirks.stop_limit] if quirks.stop_limit else request.stop_sequences
+            params["stop"] = request.stop_sequences[: quirks.stop_limit] if quirks.stop_limit else request.stop_sequences
         if tools:
-            body["tools"] = tools
-            body.update(tool_choice(request.tool_choice, self.tool_names))
+            params["tools"] = tools
+            tool_choice(request.tool_choice, self.tool_names, params)
         declared = self.target.route.capabilities
         if not declared or "thinking" in declared:  # else relaxed, as Ollama does for Claude Code
-            body.update(self._reasoning())
+            effort = self._reasoning(extras)
+            if effort is not None:
+                params["reasoning_effort"] = effort
         output_format = (request.output_config or {}).get("format")
         schema = output_format.get("schema") if isinstance(output_format, dict) else None
         if isinstance(schema, dict):
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": False}}
-        if self.streams:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return body
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": False}}
+        return with_extras(streamed_chat(params) if self.streams else params, extras)
 
-    def _reasoning(self) -> dict[str, Any]:
+    def _reasoning(self, extras: Extras) -> ReasoningEffort:
         thinking = self.request.thinking or {}
         kind = thinking.get("type")
         knob = self.target.quirks.reasoning
         if kind == "disabled":
-            return reasoning_params(knob, False)
+            return reasoning_params(knob, False, extras)
         effort = _EFFORTS.get(str((self.request.output_config or {}).get("effort")))
         budget = thinking.get("budget_tokens")
         if effort is None and kind == "enabled" and isinstance(budget, int) and budget > 0:
             if knob == "openrouter":
-                return {"reasoning": {"max_tokens": budget}}
+                extras["reasoning"] = {"max_tokens": budget}
+                return None
             effort = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
         if effort is not None:
-            return reasoning_params(knob, effort)
-        return reasoning_params(knob, True) if kind == "enabled" else {}
+            return reasoning_params(knob, effort, extras)
+        return reasoning_params(knob, True, extras) if kind == "enabled" else None
 
     # -- a complete answer ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ result, a result for no call becomes user text (OpenAI rejects both otherwise).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -33,6 +33,21 @@ from gateway.errors import BadRequest
 from gateway.ollama import ModelRequest
 from gateway.routing.presets import Quirks
 from gateway.translators.messages import ToolNames, merge_late_system
+
+if TYPE_CHECKING:
+    from openai.types.chat import (
+        ChatCompletionContentPartImageParam,
+        ChatCompletionContentPartParam,
+        ChatCompletionContentPartTextParam,
+        ChatCompletionFunctionToolParam,
+        ChatCompletionMessageFunctionToolCallParam,
+        ChatCompletionMessageParam,
+    )
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase as ChatParams
+    from openai.types.chat.chat_completion_content_part_param import File
+    from openai.types.shared_params import FunctionDefinition
+
+    from gateway.translators.upstream_body import AssistantMessage
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 _KNOWN_TOOL_TYPES = (None, "custom")
@@ -76,9 +91,11 @@ def system_text(system: str | list[dict[str, Any]] | None) -> str:
     return "\n\n".join(text for text in texts if isinstance(text, str) and text and not text.startswith(BILLING_PREFIX))
 
 
-def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> tuple[list[dict[str, Any]], list[str]]:
+def upstream_tools(
+    tools: list[dict[str, Any]] | None, names: ToolNames
+) -> tuple[list[ChatCompletionFunctionToolParam], list[str]]:
     """Function tools for the custom tools, and the names of the server tools left out."""
-    functions: list[dict[str, Any]] = []
+    functions: list[ChatCompletionFunctionToolParam] = []
     dropped: list[str] = []
     for index, tool in enumerate(tools or ()):
         name = tool.get("name")
@@ -90,7 +107,7 @@ def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> tupl
         schema = tool.get("input_schema")
         parameters = {k: v for k, v in schema.items() if k != "$schema"} if isinstance(schema, dict) else {}
         parameters.setdefault("type", "object")
-        definition: dict[str, Any] = {"name": names.upstream(name), "parameters": parameters}
+        definition: FunctionDefinition = {"name": names.upstream(name), "parameters": parameters}
         if isinstance(tool.get("description"), str):
             definition["description"] = tool["description"]
         if isinstance(tool.get("strict"), bool):
@@ -99,18 +116,18 @@ def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> tupl
     return functions, dropped
 
 
-def tool_choice(choice: dict[str, Any] | None, names: ToolNames) -> dict[str, Any]:
-    """`tool_choice` and `parallel_tool_calls` for an upstream that is given tools."""
+def tool_choice(choice: dict[str, Any] | None, names: ToolNames, params: ChatParams) -> None:
+    """Sets `tool_choice` and `parallel_tool_calls` for an upstream that is given tools."""
     if not choice:
-        return {}
+        return
     kind = choice.get("type")
-    params: dict[str, Any] = {}
     if kind == "auto":
         params["tool_choice"] = "auto"
     elif kind == "any":
         params["tool_choice"] = "required"
     elif kind == "none":
-        return {"tool_choice": "none"}
+        params["tool_choice"] = "none"
+        return
     elif kind == "tool":
         name = choice.get("name")
         if not isinstance(name, str) or not name:
@@ -120,12 +137,11 @@ def tool_choice(choice: dict[str, Any] | None, names: ToolNames) -> dict[str, An
         raise BadRequest(f"tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'; got {kind!r}")
     if choice.get("disable_parallel_tool_use") is True:
         params["parallel_tool_calls"] = False
-    return params
 
 
-def upstream_messages(request: MessagesRequest, quirks: Quirks, names: ToolNames) -> list[dict[str, Any]]:
+def upstream_messages(request: MessagesRequest, quirks: Quirks, names: ToolNames) -> list[ChatCompletionMessageParam]:
     """The conversation as Chat Completions messages (see the module docstring)."""
-    out: list[dict[str, Any]] = []
+    out: list[ChatCompletionMessageParam] = []
     system = system_text(request.system)
     if system:
         out.append({"role": "system", "content": system})
@@ -170,10 +186,10 @@ def _current_loop_start(messages: list[AnthropicMessage]) -> int:
 
 
 def _assistant(blocks: list[dict[str, Any]], current: bool, quirks: Quirks, names: ToolNames, pending: list[str],
-               index: int) -> dict[str, Any]:
+               index: int) -> AssistantMessage:
     texts: list[str] = []
     thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ChatCompletionMessageFunctionToolCallParam] = []
     for position, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "text" and block.get("text"):
@@ -189,7 +205,7 @@ def _assistant(blocks: list[dict[str, Any]], current: bool, quirks: Quirks, name
             calls.append({"id": call_id, "type": "function", "function": {
                 "name": names.upstream(name), "arguments": orjson.dumps(arguments if arguments is not None else {}).decode(),
             }})
-    converted: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    converted: AssistantMessage = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if thinking and current and quirks.reasoning_input != "drop":
         converted[quirks.reasoning_input] = "\n\n".join(thinking)
     if calls:
@@ -197,9 +213,9 @@ def _assistant(blocks: list[dict[str, Any]], current: bool, quirks: Quirks, name
     return converted
 
 
-def _user(blocks: list[dict[str, Any]], pending: list[str], out: list[dict[str, Any]], index: int) -> None:
-    parts: list[dict[str, Any]] = []
-    moved_images: list[dict[str, Any]] = []
+def _user(blocks: list[dict[str, Any]], pending: list[str], out: list[ChatCompletionMessageParam], index: int) -> None:
+    parts: list[ChatCompletionContentPartParam] = []
+    moved_images: list[ChatCompletionContentPartImageParam] = []
     for position, block in enumerate(blocks):
         kind = block.get("type")
         where = f"messages.{index}.content.{position}"
@@ -229,12 +245,12 @@ def _user(blocks: list[dict[str, Any]], pending: list[str], out: list[dict[str, 
     if not parts:
         return
     if all(part["type"] == "text" for part in parts):
-        out.append({"role": "user", "content": "\n\n".join(part["text"] for part in parts)})
+        out.append({"role": "user", "content": "\n\n".join(part["text"] for part in parts if part["type"] == "text")})
     else:
         out.append({"role": "user", "content": parts})
 
 
-def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+def image_part(block: dict[str, Any], where: str) -> ChatCompletionContentPartImageParam:
     source = block.get("source")
     if not isinstance(source, dict):
         raise BadRequest(f"{where}.source: Field required")
@@ -249,7 +265,7 @@ def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     raise BadRequest(f"{where}.source.type: an image source is 'base64' or 'url', got {kind!r}")
 
 
-def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _document_part(block: dict[str, Any], where: str) -> ChatCompletionContentPartTextParam | File:
     source = block.get("source")
     if not isinstance(source, dict):
         raise BadRequest(f"{where}.source: Field required")
@@ -270,13 +286,13 @@ def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     raise BadRequest(f"{where}.source: documents are supported as text, content blocks or base64 PDF, not {kind!r}")
 
 
-def _tool_result_content(content: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result_content(content: Any, where: str) -> tuple[str, list[ChatCompletionContentPartImageParam]]:
     if content is None:
         return "", []
     if isinstance(content, str):
         return content, []
     texts: list[str] = []
-    images: list[dict[str, Any]] = []
+    images: list[ChatCompletionContentPartImageParam] = []
     for position, block in enumerate(content if isinstance(content, list) else ()):
         if not isinstance(block, dict):
             continue

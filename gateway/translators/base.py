@@ -14,6 +14,7 @@ must subclass one of these.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from gateway.translators.clock import RequestClock
@@ -47,8 +48,13 @@ class Translator(ABC, Generic[RequestT]):
         return None
 
     @abstractmethod
-    def upstream_body(self) -> dict[str, Any]:
-        """The JSON body for `upstream_path`, model id included."""
+    def upstream_body(self) -> Mapping[str, object]:
+        """The JSON body for `upstream_path`, model id included.
+
+        The built-in translators return the `openai` SDK's request TypedDict for the path, provider
+        extras set over it (upstream_body.py); any mapping JSON can encode does, a plain dict too.
+        (For mypy, an override in a subclass of a built-in translator keeps that translator's type.)
+        """
 
     @abstractmethod
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:

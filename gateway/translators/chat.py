@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.ollama import ChatRequest
 from gateway.translators.completion import ChatCompletionTranslator
 from gateway.translators.messages import upstream_messages, upstream_tool_choice, upstream_tools
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase as ChatParams
 
 
 class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
@@ -24,21 +28,19 @@ class ChatTranslator(ChatCompletionTranslator[ChatRequest]):
     def images(self) -> list[str]:
         return [image for message in self.request.messages for image in message.images or ()]
 
-    def upstream_messages(self) -> list[dict[str, Any]]:
+    def upstream_messages(self) -> list[ChatCompletionMessageParam]:
         return upstream_messages(self.request.messages, self.target.quirks, self.tool_names, self.takes_audio)
 
-    def upstream_body(self) -> dict[str, Any]:
-        body = super().upstream_body()
+    def add_tools(self, params: ChatParams) -> None:
         tools = upstream_tools(self.request.tools, self.tool_names)
         if tools:  # an empty list is never forwarded: OpenAI rejects `tools: []`
-            body["tools"] = tools
+            params["tools"] = tools
             if self.request.tool_choice is not None:
                 choice = upstream_tool_choice(self.request.tool_choice, self.tool_names)
                 if choice is None:
                     self.dropped_options.append("tool_choice")
                 else:
-                    body["tool_choice"] = choice
-        return body
+                    params["tool_choice"] = choice
 
     def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         chunk = self.base_chunk()

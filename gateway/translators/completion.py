@@ -12,7 +12,7 @@ Per streamed event the work is a few dict lookups: no model objects are built (i
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.translators.clock import now_rfc3339
 from gateway.errors import (
@@ -27,6 +27,16 @@ from gateway.translators.messages import ToolNames, audio_entry, audio_refused
 from gateway.translators.options import response_format, sampling_params
 from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, reasoning_text
 from gateway.translators.toolcalls import ToolCallAssembler, ollama_tool_call
+from gateway.translators.upstream_body import streamed_chat, with_extras
+
+if TYPE_CHECKING:
+    from openai.types import CompletionCreateParams
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat import CompletionCreateParams as ChatCompletionCreateParams
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase as ChatParams
+    from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming as ChatParamsNonStreaming
+
+    from gateway.translators.upstream_body import Extras
 
 # Ollama knows only these two; tool_calls, content_filter and the rest end "naturally".
 _DONE_REASONS = {"length": "length"}
@@ -57,7 +67,7 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
     # -- what subclasses provide -------------------------------------------------------------
 
     @abstractmethod
-    def upstream_messages(self) -> list[dict[str, Any]]:
+    def upstream_messages(self) -> list[ChatCompletionMessageParam]:
         """The OpenAI `messages` for this request."""
 
     @abstractmethod
@@ -74,6 +84,9 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
 
     def uses_tools(self) -> bool:
         return False
+
+    def add_tools(self, params: ChatParams) -> None:
+        """Sets `tools` and `tool_choice`: none here, the chat endpoint has them (after `stream`, before extras)."""
 
     def images(self) -> list[str]:
         """Every `images` entry of the request (audio ones included)."""
@@ -121,33 +134,34 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         reply["done_reason"] = reason
         return reply
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> ChatCompletionCreateParams | CompletionCreateParams:
         quirks = self.target.quirks
         messages = self.upstream_messages()
         fmt, format_instruction = response_format(self.request.format, quirks)
         if format_instruction and (fmt is None or fmt.get("type") != "json_object" or not _mentions_json(messages)):
             messages.insert(0, {"role": "system", "content": format_instruction})
-        self._prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
-        body: dict[str, Any] = {"model": self.target.upstream_model, "messages": messages}
-        self._add_common(body, fmt)
-        return body
-
-    def _add_common(self, body: dict[str, Any], fmt: dict[str, Any] | None) -> None:
-        """Sampling, format, reasoning, logprobs and streaming keys shared by chat and completions."""
-        params, self.dropped_options = sampling_params(self.request.options, self.target.quirks)
-        body.update(params)
+        self._prompt_chars = sum(len(content) for m in messages if isinstance(content := m.get("content"), str))
+        params: ChatParamsNonStreaming = {"model": self.target.upstream_model, "messages": messages}
+        extras: Extras = {}
+        self.dropped_options = sampling_params(self.request.options, quirks, params, extras, params)
         if fmt is not None:
-            body["response_format"] = fmt
-        declared = self.target.route.capabilities
-        if not declared or "thinking" in declared:
-            body.update(reasoning_params(self.target.quirks.reasoning, self.request.think))
+            params["response_format"] = fmt
+        if self.reasons():
+            effort = reasoning_params(quirks.reasoning, self.request.think, extras)
+            if effort is not None:
+                params["reasoning_effort"] = effort
         if self.request.logprobs:
-            body["logprobs"] = True
+            params["logprobs"] = True
             if self.request.top_logprobs:
-                body["top_logprobs"] = self.request.top_logprobs
-        if self.streams:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+                params["top_logprobs"] = self.request.top_logprobs
+        body = streamed_chat(params) if self.streams else params
+        self.add_tools(body)
+        return with_extras(body, extras)
+
+    def reasons(self) -> bool:
+        """`think` goes upstream unless the model is declared without `thinking`."""
+        declared = self.target.route.capabilities
+        return not declared or "thinking" in declared
 
     # -- complete answers ----------------------------------------------------------------------
 
@@ -266,8 +280,8 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         return {"model": self.request.model, "created_at": now_rfc3339()}
 
 
-def _mentions_json(messages: list[dict[str, Any]]) -> bool:
-    return any(isinstance(m.get("content"), str) and "json" in m["content"].lower() for m in messages)
+def _mentions_json(messages: list[ChatCompletionMessageParam]) -> bool:
+    return any(isinstance(content := m.get("content"), str) and "json" in content.lower() for m in messages)
 
 
 def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:

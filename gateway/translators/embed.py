@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from itertools import repeat
 from operator import truediv
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.ollama import EmbeddingsRequest, EmbedRequest
 from gateway.translators.base import Translator
+
+if TYPE_CHECKING:
+    from openai.types import EmbeddingCreateParams
 
 
 class EmbedTranslator(Translator[EmbedRequest]):
@@ -24,9 +27,11 @@ class EmbedTranslator(Translator[EmbedRequest]):
             return None
         return self._reply([])
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> EmbeddingCreateParams:
         # encoding_format is explicit: the SDK would otherwise ask for base64, which some servers reject.
-        body: dict[str, Any] = {"model": self.target.upstream_model, "input": self.request.inputs, "encoding_format": "float"}
+        body: EmbeddingCreateParams = {
+            "model": self.target.upstream_model, "input": self.request.inputs, "encoding_format": "float",
+        }
         if self.request.dimensions and self.target.quirks.dimensions:
             body["dimensions"] = self.request.dimensions
         return body
@@ -66,7 +71,7 @@ class LegacyEmbeddingsTranslator(Translator[EmbeddingsRequest]):
     def local_reply(self) -> dict[str, Any] | None:
         return None if self.request.prompt else {"embedding": []}
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> EmbeddingCreateParams:
         return {"model": self.target.upstream_model, "input": self.request.prompt, "encoding_format": "float"}
 
     def from_response(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,23 @@ keeps no history, and returns `context: []` so clients that require the key find
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BadRequest
 from gateway.ollama import GenerateRequest
 from gateway.translators.completion import ChatCompletionTranslator
 from gateway.translators.messages import user_content
+from gateway.translators.options import sampling_params
+from gateway.translators.reasoning import reasoning_params
+from gateway.translators.upstream_body import streamed_completion, with_extras
+
+if TYPE_CHECKING:
+    from openai.types import CompletionCreateParams
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat import CompletionCreateParams as ChatCompletionCreateParams
+    from openai.types.completion_create_params import CompletionCreateParamsNonStreaming
+
+    from gateway.translators.upstream_body import Extras
 
 
 class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
@@ -46,22 +57,33 @@ class GenerateTranslator(ChatCompletionTranslator[GenerateRequest]):
     def images(self) -> list[str]:
         return list(self.request.images or ())
 
-    def upstream_messages(self) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
+    def upstream_messages(self) -> list[ChatCompletionMessageParam]:
+        messages: list[ChatCompletionMessageParam] = []
         if self.request.system:
             messages.append({"role": "system", "content": self.request.system})
         messages.append({"role": "user", "content": user_content(self.request.prompt, self.request.images, self.takes_audio)})
         return messages
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> ChatCompletionCreateParams | CompletionCreateParams:
         if not self.legacy:
             return super().upstream_body()
-        body: dict[str, Any] = {"model": self.target.upstream_model, "prompt": self.request.prompt}
-        if self.request.suffix:
-            body["suffix"] = self.request.suffix
-        self._prompt_chars = len(self.request.prompt) + len(self.request.suffix or "")
-        self._add_common(body, None)
-        return body
+        request, quirks = self.request, self.target.quirks
+        params: CompletionCreateParamsNonStreaming = {"model": self.target.upstream_model, "prompt": request.prompt}
+        if request.suffix:
+            params["suffix"] = request.suffix
+        self._prompt_chars = len(request.prompt) + len(request.suffix or "")
+        # What Completions does not define is sent as Chat Completions names it, as an extra.
+        extras: Extras = {}
+        self.dropped_options = sampling_params(request.options, quirks, params, extras, None)
+        if self.reasons():
+            effort = reasoning_params(quirks.reasoning, request.think, extras)
+            if effort is not None:
+                extras["reasoning_effort"] = effort
+        if request.logprobs:
+            params["logprobs"] = True  # as in the chat body (Completions' field is a count)
+            if request.top_logprobs:
+                extras["top_logprobs"] = request.top_logprobs
+        return with_extras(streamed_completion(params) if self.streams else params, extras)
 
     def chunk(self, content: str, thinking: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
         chunk = self.base_chunk()

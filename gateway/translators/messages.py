@@ -18,7 +18,7 @@ import base64
 import binascii
 import hashlib
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -26,9 +26,27 @@ from gateway.errors import BadRequest
 from gateway.ollama import Message, ToolCall
 from gateway.routing.presets import Quirks
 
+if TYPE_CHECKING:
+    from openai.types.chat import (
+        ChatCompletionContentPartImageParam,
+        ChatCompletionContentPartInputAudioParam,
+        ChatCompletionContentPartParam,
+        ChatCompletionFunctionToolParam,
+        ChatCompletionMessageFunctionToolCallParam,
+        ChatCompletionMessageParam,
+        ChatCompletionSystemMessageParam,
+        ChatCompletionToolChoiceOptionParam,
+    )
+    from openai.types.shared_params import FunctionDefinition
+
+    from gateway.translators.upstream_body import AssistantMessage, ToolMessage
+
 _VALID_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_TOOL_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "developer": "system"}
+_CHOICE_WORDS: dict[str, Literal["auto", "none", "required"]] = {
+    "auto": "auto", "none": "none", "required": "required", "any": "required",  # `any`: Anthropic's word
+}
 
 
 class ToolNames:
@@ -63,17 +81,17 @@ class ToolNames:
         return any(original != safe for safe, original in self._original.items())
 
 
-def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list[dict[str, Any]] | None:
+def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list[ChatCompletionFunctionToolParam] | None:
     """Rebuilt function tools (only the keys OpenAI knows); None for no tools (never `[]`)."""
     if not tools:
         return None
-    rebuilt = []
+    rebuilt: list[ChatCompletionFunctionToolParam] = []
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise BadRequest(f"tools[{index}]: a function tool needs function.name")
         parameters = function.get("parameters")
-        definition: dict[str, Any] = {
+        definition: FunctionDefinition = {
             "name": names.upstream(function["name"]),
             "parameters": parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}},
         }
@@ -83,7 +101,7 @@ def upstream_tools(tools: list[dict[str, Any]] | None, names: ToolNames) -> list
     return rebuilt
 
 
-def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] | None:
+def upstream_tool_choice(choice: Any, names: ToolNames) -> ChatCompletionToolChoiceOptionParam | None:
     """A client's `tool_choice` in Chat Completions' shape, or None for one it cannot be.
 
     Strings `auto`, `none`, `required` (and `any`, Anthropic's word for it); a function by name
@@ -91,7 +109,7 @@ def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] 
     `{"type": "function", "name"}`), its name as the upstream knows the tool.
     """
     if isinstance(choice, str):
-        return {"any": "required"}.get(choice, choice) if choice in ("auto", "none", "required", "any") else None
+        return _CHOICE_WORDS.get(choice)
     if not isinstance(choice, dict):
         return None
     function = choice.get("function")
@@ -101,7 +119,7 @@ def upstream_tool_choice(choice: Any, names: ToolNames) -> str | dict[str, Any] 
     return None
 
 
-def merge_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_late_system(messages: list[ChatCompletionMessageParam]) -> list[ChatCompletionMessageParam]:
     """The messages with every system message after the first other one merged into the leading
     system message (made if there is none), in order, separated by a blank line (quirk `merge_system`)."""
     leading = 0
@@ -111,11 +129,13 @@ def merge_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not late:
         return messages
     texts = [str(m.get("content") or "") for m in (*messages[:leading], *late)]
-    merged = {"role": "system", "content": "\n\n".join(text for text in texts if text)}
+    merged: ChatCompletionSystemMessageParam = {"role": "system", "content": "\n\n".join(text for text in texts if text)}
     return [merged, *(m for m in messages[leading:] if m["role"] != "system")]
 
 
-def image_part(encoded: str, index: int, audio: bool = False) -> dict[str, Any]:
+def image_part(
+    encoded: str, index: int, audio: bool = False
+) -> ChatCompletionContentPartImageParam | ChatCompletionContentPartInputAudioParam:
     """An `image_url` part for one Ollama image (an `input_audio` part for WAV or MP3 bytes when
     the route takes `audio`); 400 for bad base64, audio the route does not take, or other bytes."""
     if encoded.startswith("data:"):
@@ -189,11 +209,11 @@ def _first_bad_base64_byte(text: str) -> int:
     return len(text)
 
 
-def user_content(text: str, images: list[str] | None, audio: bool = False) -> str | list[dict[str, Any]]:
+def user_content(text: str, images: list[str] | None, audio: bool = False) -> str | list[ChatCompletionContentPartParam]:
     """A plain string, or text-then-image (or audio) parts when there are images."""
     if not images:
         return text
-    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    parts: list[ChatCompletionContentPartParam] = [{"type": "text", "text": text}] if text else []
     parts.extend(image_part(image, index, audio) for index, image in enumerate(images))
     return parts
 
@@ -204,11 +224,13 @@ def synthetic_call_id(message_index: int, call_index: int, name: str, arguments:
     return "call_" + digest[:24]
 
 
-def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames, audio: bool = False) -> list[dict[str, Any]]:
+def upstream_messages(
+    messages: list[Message], quirks: Quirks, names: ToolNames, audio: bool = False
+) -> list[ChatCompletionMessageParam]:
     """The whole conversation, converted and with every tool call answered exactly once
     (`audio`: the route takes audio, so WAV and MP3 entries of `images` go up as `input_audio`)."""
     last_user = max((index for index, message in enumerate(messages) if message.role == "user"), default=-1)
-    out: list[dict[str, Any]] = []
+    out: list[ChatCompletionMessageParam] = []
     pending: list[tuple[str, str]] = []  # (id, upstream name) of calls still waiting for a result
     moved_images: list[str] = []
 
@@ -233,16 +255,16 @@ def upstream_messages(messages: list[Message], quirks: Quirks, names: ToolNames,
         moved_images.extend(message.images or ())
         if role == "assistant":
             out.append(_assistant(message, index, index > last_user, quirks, names, pending))
-        else:
-            out.append({"role": role, "content": message.content})
+        else:  # "system" (and "developer"): "tool" was the first case
+            out.append({"role": "system", "content": message.content})
     close_turn()
     return out
 
 
 def _assistant(
     message: Message, index: int, current_turn: bool, quirks: Quirks, names: ToolNames, pending: list[tuple[str, str]]
-) -> dict[str, Any]:
-    converted: dict[str, Any] = {"role": "assistant", "content": message.content}
+) -> AssistantMessage:
+    converted: AssistantMessage = {"role": "assistant", "content": message.content}
     if message.thinking and current_turn and quirks.reasoning_input != "drop":
         # Only the current tool loop's reasoning goes back (DeepSeek requires it; older turns drop it).
         converted[quirks.reasoning_input] = message.thinking
@@ -253,7 +275,9 @@ def _assistant(
     return converted
 
 
-def _call(call: ToolCall, message_index: int, position: int, names: ToolNames, pending: list[tuple[str, str]]) -> dict[str, Any]:
+def _call(
+    call: ToolCall, message_index: int, position: int, names: ToolNames, pending: list[tuple[str, str]]
+) -> ChatCompletionMessageFunctionToolCallParam:
     name = names.upstream(call.function.name)
     arguments = call.function.arguments
     text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
@@ -262,7 +286,9 @@ def _call(call: ToolCall, message_index: int, position: int, names: ToolNames, p
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
 
 
-def _tool_result(message: Message, pending: list[tuple[str, str]], out: list[dict[str, Any]], quirks: Quirks, names: ToolNames) -> None:
+def _tool_result(
+    message: Message, pending: list[tuple[str, str]], out: list[ChatCompletionMessageParam], quirks: Quirks, names: ToolNames
+) -> None:
     if not pending:
         # An orphan result: OpenAI rejects a tool message no call asked for, so keep it as text.
         out.append({"role": "user", "content": f"[tool result] {message.content}"})
@@ -274,7 +300,7 @@ def _tool_result(message: Message, pending: list[tuple[str, str]], out: list[dic
         wanted = names.upstream(message.tool_name)
         chosen = next((i for i, (_, name) in enumerate(pending) if name == wanted), 0)
     call_id, name = pending.pop(chosen)
-    result: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": message.content}
+    result: ToolMessage = {"role": "tool", "tool_call_id": call_id, "content": message.content}
     if quirks.tool_result_name:
         result["name"] = name
     out.append(result)

@@ -1,20 +1,30 @@
 """Ollama `options` and `format` -> OpenAI Chat Completions parameters (openai-mapping.md §1.8, §1.9).
 
 Only what the client set is sent: Ollama's own defaults (temperature 0.8, top_k 40, ...) are never
-injected, so the upstream's defaults apply. Options with no OpenAI counterpart and load-time
-options (num_ctx, num_gpu, ...) are not sent.
+injected, so the upstream's defaults apply. Options with no OpenAI counterpart go up as provider
+extras where the route's `extra_options` names them (upstream_body.py), else are dropped;
+load-time options (num_ctx, num_gpu, ...) are never sent.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from gateway.errors import BadRequest
 from gateway.routing.presets import Quirks
 
-_SAME_NAME = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+if TYPE_CHECKING:
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase as ChatParams
+    from openai.types.chat.completion_create_params import ResponseFormat
+    from openai.types.completion_create_params import CompletionCreateParamsBase as CompletionParams
+
+    from gateway.translators.upstream_body import Extras
+
+_SAME_NAME: tuple[Literal["temperature", "top_p", "presence_penalty", "frequency_penalty"], ...] = (
+    "temperature", "top_p", "presence_penalty", "frequency_penalty",
+)
 # Options that configure how Ollama loads a model: no per-request meaning upstream, never sent.
 LOAD_TIME = frozenset(
     "num_ctx num_keep num_batch num_gpu main_gpu use_mmap num_thread draft_num_predict numa low_vram f16_kv "
@@ -22,25 +32,34 @@ LOAD_TIME = frozenset(
 )
 
 
-def sampling_params(options: dict[str, Any] | None, quirks: Quirks) -> tuple[dict[str, Any], list[str]]:
-    """The upstream parameters for the options a client set, and the names that were dropped.
+def sampling_params(
+    options: dict[str, Any] | None, quirks: Quirks, params: ChatParams | CompletionParams, extras: Extras,
+    chat: ChatParams | None,
+) -> list[str]:
+    """Sets the parameters for the options a client set in `params`; returns the names dropped.
 
-    Options without an OpenAI counterpart (top_k, min_p, repeat_penalty, ...) are sent only to
-    upstreams whose quirks list them in `extra_options` (OpenAI and Groq reject unknown keys).
+    `chat` is `params` again for a Chat Completions body (None for legacy Completions, which has no
+    `max_completion_tokens`: that goes into `extras` there). Options without an OpenAI counterpart
+    (top_k, min_p, repeat_penalty, ...) go into `extras`, for upstreams whose quirks list them in
+    `extra_options` only (OpenAI and Groq reject unknown keys).
     """
     if not options:
-        return {}, []
-    params: dict[str, Any] = {}
-    for name in _SAME_NAME:
-        value = options.get(name)
+        return []
+    for field in _SAME_NAME:
+        value = options.get(field)
         if value is not None:
-            params[name] = value
+            params[field] = value
     seed = options.get("seed")
     if seed is not None and seed >= 0:  # Ollama: -1 means random
         params["seed"] = int(seed)
     num_predict = options.get("num_predict")
     if num_predict is not None and num_predict > 0:  # -1 infinite, -2 fill the context
-        params[quirks.max_tokens_field] = int(num_predict)
+        if quirks.max_tokens_field == "max_tokens":
+            params["max_tokens"] = int(num_predict)
+        elif chat is not None:
+            chat["max_completion_tokens"] = int(num_predict)
+        else:
+            extras["max_completion_tokens"] = int(num_predict)
     stop = options.get("stop")
     if stop:
         stops = [stop] if isinstance(stop, str) else list(stop)
@@ -51,16 +70,16 @@ def sampling_params(options: dict[str, Any] | None, quirks: Quirks) -> tuple[dic
             continue
         upstream_name = quirks.extra_options.get(name)
         if upstream_name is not None:
-            params[upstream_name] = value
+            extras[upstream_name] = value
         elif name not in LOAD_TIME:
             dropped.append(name)
-    return params, dropped
+    return dropped
 
 
 _HANDLED = frozenset((*_SAME_NAME, "seed", "num_predict", "stop"))
 
 
-def response_format(format_: str | dict[str, Any] | None, quirks: Quirks) -> tuple[dict[str, Any] | None, str | None]:
+def response_format(format_: str | dict[str, Any] | None, quirks: Quirks) -> tuple[ResponseFormat | None, str | None]:
     """`format` as OpenAI's `response_format`, plus a system line to add (or None).
 
     "json" -> json_object (OpenAI demands the word "json" in the prompt: the caller adds the line

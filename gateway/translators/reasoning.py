@@ -7,38 +7,54 @@ nothing: the model's default applies, as in Ollama.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.routing.presets import ReasoningKnob
+
+if TYPE_CHECKING:
+    from openai.types.shared_params import ReasoningEffort
+
+    from gateway.translators.upstream_body import Extras
 
 _OPEN, _CLOSE = "<think>", "</think>"
 
 
-def reasoning_params(knob: ReasoningKnob, think: bool | str | None) -> dict[str, Any]:
-    """Top-level body keys that carry `think` to an upstream using `knob`."""
+def reasoning_params(knob: ReasoningKnob, think: bool | str | None, extras: Extras) -> ReasoningEffort:
+    """Carries `think` to an upstream using `knob`: returns the OpenAI `reasoning_effort` to send
+    (None: none), and sets the provider's own fields (not OpenAI's) in `extras`."""
     if think is None or knob == "none":
-        return {}
+        return None
     level = think if isinstance(think, str) else None
     if knob == "reasoning_effort":
         if think is False:
-            return {"reasoning_effort": "none"}
-        return {"reasoning_effort": "high" if level == "max" else level} if level else {}
+            return "none"
+        return _effort(level) if level else None
     if knob == "openrouter":
         if level:
-            return {"reasoning": {"effort": "xhigh" if level == "max" else level}}
-        return {"reasoning": {"enabled": bool(think)}}
+            extras["reasoning"] = {"effort": "xhigh" if level == "max" else level}
+        else:
+            extras["reasoning"] = {"enabled": bool(think)}
+        return None
     if knob == "chat_template_kwargs":
         kwargs: dict[str, Any] = {"enable_thinking": think is not False}
         if level:
             kwargs["reasoning_effort"] = level
-        return {"chat_template_kwargs": kwargs}
+        extras["chat_template_kwargs"] = kwargs
+        return None
     # groq: qwen3 takes reasoning_effort none/default, gpt-oss low/medium/high; reasoning comes back parsed
     if think is False:
-        return {"reasoning_effort": "none"}
-    params: dict[str, Any] = {"reasoning_format": "parsed"}
-    if level:
-        params["reasoning_effort"] = "high" if level == "max" else level
-    return params
+        return "none"
+    extras["reasoning_format"] = "parsed"
+    return _effort(level) if level else None
+
+
+# Ollama's think levels as OpenAI's efforts: "max" is sent as "high", as Ollama does.
+_EFFORTS: dict[str, ReasoningEffort] = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+
+
+def _effort(level: str) -> ReasoningEffort:
+    # ollama.THINK_LEVELS are the keys: a request with another level was a 400 already.
+    return _EFFORTS[level]
 
 
 def reasoning_text(message: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ summary text and, when `include` asks, as `encrypted_content` the gateway can re
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +34,14 @@ from gateway.translators.reasoning import ThinkTagSplitter, reasoning_params, re
 from gateway.translators.responses_output import OutputItem, message_item, new_id, text_part
 from gateway.translators.responses_items import ResponsesRequest, ToolIndex, encrypted_reasoning, upstream_messages
 from gateway.translators.toolcalls import parse_arguments
+from gateway.translators.upstream_body import streamed_chat, with_extras
+
+if TYPE_CHECKING:
+    from openai.types.chat import CompletionCreateParams
+    from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+    from openai.types.shared_params.response_format_json_schema import JSONSchema
+
+    from gateway.translators.upstream_body import Extras
 
 _EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
                                    "xhigh": "max", "max": "max"}
@@ -96,38 +104,41 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
 
     # -- request -------------------------------------------------------------------------------
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self) -> CompletionCreateParams:
         request, quirks = self.request, self.target.quirks
         messages, dropped = upstream_messages(request, quirks, self.tools)
         self.dropped_options = [*self.tools.dropped, *dropped]
-        self._prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
-        body: dict[str, Any] = {"model": self.target.upstream_model, "messages": messages}
+        self._prompt_chars = sum(len(content) for m in messages if isinstance(content := m.get("content"), str))
+        params: CompletionCreateParamsNonStreaming = {"model": self.target.upstream_model, "messages": messages}
+        extras: Extras = {}
         if request.max_output_tokens:
-            body[quirks.max_tokens_field] = request.max_output_tokens
-        for name in ("temperature", "top_p"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
+            params[quirks.max_tokens_field] = request.max_output_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
         if self.tools.functions:
-            body["tools"] = self.tools.functions
+            params["tools"] = self.tools.functions
             choice = self.tools.choice(request.tool_choice)
             if choice is not None:
-                body["tool_choice"] = choice
+                params["tool_choice"] = choice
             if request.parallel_tool_calls is not None:
-                body["parallel_tool_calls"] = request.parallel_tool_calls
+                params["parallel_tool_calls"] = request.parallel_tool_calls
         declared = self.target.route.capabilities
         if self._think is not None and (not declared or "thinking" in declared):
-            body.update(reasoning_params(quirks.reasoning, self._think))
+            effort = reasoning_params(quirks.reasoning, self._think, extras)
+            if effort is not None:
+                params["reasoning_effort"] = effort
         text_format = (request.text or {}).get("format")
         if isinstance(text_format, dict) and text_format.get("type") == "json_schema" and quirks.json_schema:
-            schema = {key: text_format[key] for key in ("name", "schema", "strict", "description") if key in text_format}
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", **schema}}
+            schema: JSONSchema = {"name": text_format.get("name", "response")}
+            for key in ("schema", "strict", "description"):
+                if key in text_format:
+                    schema[key] = text_format[key]
+            params["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif isinstance(text_format, dict) and text_format.get("type") in ("json_object", "json_schema"):
-            body["response_format"] = {"type": "json_object"}
-        if self.streams:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return body
+            params["response_format"] = {"type": "json_object"}
+        return with_extras(streamed_chat(params) if self.streams else params, extras)
 
     # -- a complete answer ---------------------------------------------------------------------
 

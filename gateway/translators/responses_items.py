@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import ConfigDict, StrictBool
@@ -36,8 +36,22 @@ from gateway.ollama import ModelRequest
 from gateway.routing.presets import Quirks
 from gateway.translators.messages import ToolNames, merge_late_system
 
+if TYPE_CHECKING:
+    from openai.types.chat import (
+        ChatCompletionContentPartParam,
+        ChatCompletionFunctionToolParam,
+        ChatCompletionMessageFunctionToolCallParam,
+        ChatCompletionMessageParam,
+        ChatCompletionToolChoiceOptionParam,
+    )
+    from openai.types.chat.chat_completion_content_part_image_param import ImageURL
+    from openai.types.shared_params import FunctionDefinition
+
+    from gateway.translators.upstream_body import AssistantMessage
+
 REASONING_MARK = "gwr1:"  # the gateway's `encrypted_content`: this prefix, then the text in base64
 _MESSAGE_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+_CHOICE_WORDS: dict[str, Literal["auto", "none", "required"]] = {"auto": "auto", "none": "none", "required": "required"}
 CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}
 
 
@@ -69,7 +83,7 @@ class ToolIndex:
 
     def __init__(self, tools: list[dict[str, Any]] | None) -> None:
         self.names = ToolNames()
-        self.functions: list[dict[str, Any]] = []
+        self.functions: list[ChatCompletionFunctionToolParam] = []
         self.dropped: list[str] = []
         self._members: dict[str, tuple[str, str]] = {}  # "ns.name" -> (namespace, name)
         self._custom: set[str] = set()
@@ -94,7 +108,7 @@ class ToolIndex:
         if not isinstance(name, str) or not name:
             raise BadRequest("tools: a function tool needs a name")
         parameters = tool.get("parameters")
-        definition: dict[str, Any] = {
+        definition: FunctionDefinition = {
             "name": self.names.upstream(name),
             "parameters": parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}},
         }
@@ -113,24 +127,26 @@ class ToolIndex:
         member = self._members.get(original)
         return (member[1], member[0]) if member else (original, None)
 
-    def choice(self, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    def choice(self, choice: str | dict[str, Any] | None) -> ChatCompletionToolChoiceOptionParam | None:
         if choice is None or isinstance(choice, str):
-            return choice if choice in ("auto", "none", "required") else None
+            return None if choice is None else _CHOICE_WORDS.get(choice)
         kind = choice.get("type")
         if kind in ("function", "custom") and isinstance(choice.get("name"), str):
             return {"type": "function", "function": {"name": self.names.upstream(choice["name"])}}
         if kind == "allowed_tools":
             mode = choice.get("mode")
-            return mode if mode in ("auto", "required") else None
+            return _CHOICE_WORDS.get(mode) if mode in ("auto", "required") else None
         return None
 
 
-def upstream_messages(request: ResponsesRequest, quirks: Quirks, tools: ToolIndex) -> tuple[list[dict[str, Any]], list[str]]:
+def upstream_messages(
+    request: ResponsesRequest, quirks: Quirks, tools: ToolIndex
+) -> tuple[list[ChatCompletionMessageParam], list[str]]:
     """The conversation as Chat Completions messages, and the item types left out."""
     if request.previous_response_id is not None or request.conversation is not None:
         raise BadRequest("previous_response_id and conversation are not supported: the gateway keeps no conversation "
                          "state; send the whole conversation in input (store: false)")
-    out: list[dict[str, Any]] = []
+    out: list[ChatCompletionMessageParam] = []
     if request.instructions:
         out.append({"role": "system", "content": request.instructions})
     if isinstance(request.input, str):
@@ -142,16 +158,16 @@ def upstream_messages(request: ResponsesRequest, quirks: Quirks, tools: ToolInde
 class _Walk:
     __slots__ = ("out", "quirks", "tools", "dropped", "assistant", "homes", "reasoning")
 
-    def __init__(self, out: list[dict[str, Any]], quirks: Quirks, tools: ToolIndex) -> None:
+    def __init__(self, out: list[ChatCompletionMessageParam], quirks: Quirks, tools: ToolIndex) -> None:
         self.out = out
         self.quirks = quirks
         self.tools = tools
         self.dropped: list[str] = []
-        self.assistant: dict[str, Any] | None = None  # the open assistant message
-        self.homes: dict[str, dict[str, Any]] = {}  # call id -> the assistant message holding it (unanswered)
+        self.assistant: AssistantMessage | None = None  # the open assistant message
+        self.homes: dict[str, AssistantMessage] = {}  # call id -> the assistant message holding it (unanswered)
         self.reasoning = ""
 
-    def run(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    def run(self, items: list[dict[str, Any]]) -> tuple[list[ChatCompletionMessageParam], list[str]]:
         last_user = max((i for i, item in enumerate(items) if item.get("role") == "user"), default=-1)
         for index, item in enumerate(items):
             kind = item.get("type") or ("message" if "role" in item else None)
@@ -182,24 +198,28 @@ class _Walk:
             text = content if isinstance(content, str) else "".join(
                 str(part.get("text") or "") for part in content or () if isinstance(part, dict) and part.get("type") == "output_text")
             message = self._open_assistant()
-            message["content"] = (message.get("content") or "") + text
+            before = message.get("content")
+            message["content"] = (before if isinstance(before, str) else "") + text
             return
         self.assistant = None
         if isinstance(content, str) or role == "system":
             text = content if isinstance(content, str) else "\n\n".join(
                 str(part.get("text") or "") for part in content or () if isinstance(part, dict))
-            self.out.append({"role": role, "content": text})
+            if role == "system":
+                self.out.append({"role": "system", "content": text})
+            else:
+                self.out.append({"role": "user", "content": text})
             return
         parts = [part for position, raw in enumerate(content or ()) if (part := _part(raw, f"{where}.content[{position}]"))]
         if parts and all(part["type"] == "text" for part in parts):
-            self.out.append({"role": "user", "content": "\n\n".join(part["text"] for part in parts)})
+            self.out.append({"role": "user", "content": "\n\n".join(part["text"] for part in parts if part["type"] == "text")})
         else:
             self.out.append({"role": "user", "content": parts})
 
-    def _open_assistant(self) -> dict[str, Any]:
+    def _open_assistant(self) -> AssistantMessage:
         if self.assistant is None:
             self.assistant = {"role": "assistant", "content": None}
-            if self.reasoning:
+            if self.reasoning and self.quirks.reasoning_input != "drop":  # (never gathered for "drop")
                 self.assistant[self.quirks.reasoning_input] = self.reasoning
                 self.reasoning = ""
             self.out.append(self.assistant)
@@ -221,15 +241,20 @@ class _Walk:
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"{where}.arguments: not valid JSON") from exc
         message = self._open_assistant()
-        message.setdefault("tool_calls", []).append(
-            {"id": call_id, "type": "function", "function": {"name": self.tools.names.upstream(qualified), "arguments": arguments}})
+        call: ChatCompletionMessageFunctionToolCallParam = {
+            "id": call_id, "type": "function", "function": {"name": self.tools.names.upstream(qualified), "arguments": arguments}}
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            calls.append(call)
+        else:
+            message["tool_calls"] = [call]
         self.homes[call_id] = message
 
     def _output(self, item: dict[str, Any], where: str) -> None:
         self.assistant = None
         call_id = item.get("call_id")
         output = item.get("output")
-        images: list[dict[str, Any]] = []
+        images: list[ChatCompletionContentPartParam] = []
         if isinstance(output, list):
             texts = []
             for position, raw in enumerate(output):
@@ -244,14 +269,14 @@ class _Walk:
         else:
             text = output if isinstance(output, str) else "" if output is None else orjson.dumps(output).decode()
         home = self.homes.pop(call_id, None) if isinstance(call_id, str) else None
-        if home is None:  # no call asked for it: OpenAI rejects such a tool message
+        if home is None or not isinstance(call_id, str):  # no call asked for it: OpenAI rejects such a tool message
             self.out.append({"role": "user", "content": f"[tool result] {text}"})
         else:
             self._place({"role": "tool", "tool_call_id": call_id, "content": text}, home)
         if images:
             self.out.append({"role": "user", "content": images})
 
-    def _place(self, result: dict[str, Any], home: dict[str, Any]) -> None:
+    def _place(self, result: ChatCompletionMessageParam, home: AssistantMessage) -> None:
         """`result` after the assistant message holding its call and the results already there."""
         position = next(i for i, message in enumerate(self.out) if message is home) + 1
         while position < len(self.out) and self.out[position].get("role") == "tool":
@@ -259,7 +284,7 @@ class _Walk:
         self.out.insert(position, result)
 
 
-def _part(part: Any, where: str) -> dict[str, Any] | None:
+def _part(part: Any, where: str) -> ChatCompletionContentPartParam | None:
     if not isinstance(part, dict):
         return None
     kind = part.get("type")
@@ -269,7 +294,7 @@ def _part(part: Any, where: str) -> dict[str, Any] | None:
         url = part.get("image_url")
         if not isinstance(url, str) or not url:
             raise BadRequest(f"{where}: input_image needs an image_url (file_id is not supported)")
-        image: dict[str, Any] = {"url": url}
+        image: ImageURL = {"url": url}
         if part.get("detail") in ("low", "high", "auto"):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
