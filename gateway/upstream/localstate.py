@@ -124,14 +124,7 @@ class LocalState:
             db.execute("INSERT INTO leases (key, id, expires) VALUES (?, ?, ?)", (key, lease.id, now + _ms(ttl)))
             return True
 
-        got = self._run(acquire, None)
-        if got is None:  # the database failed: open
-            lease.backed = False
-            return lease
-        if not got:
-            return None
-        self._held.add(lease)
-        return lease
+        return self._held.settle(lease, self._run(acquire, None))  # None: the database failed
 
     async def release(self, lease: Lease) -> None:
         assert isinstance(lease, StoredLease)

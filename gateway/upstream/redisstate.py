@@ -167,13 +167,7 @@ class RedisState:
     async def acquire(self, key: str, limit: int, ttl: float) -> Lease | None:
         lease = StoredLease(key, ttl)
         got = await self._run(lambda: self._acquire(keys=[PREFIX + key], args=[lease.id, limit, _ms(ttl)]), None)
-        if got is None:  # unreachable: open
-            lease.backed = False
-            return lease
-        if not int(got):
-            return None
-        self._held.add(lease)
-        return lease
+        return self._held.settle(lease, None if got is None else bool(int(got)))  # None: unreachable
 
     async def release(self, lease: Lease) -> None:
         assert isinstance(lease, StoredLease)

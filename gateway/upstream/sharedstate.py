@@ -160,6 +160,18 @@ class HeldLeases:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._renewing())
 
+    def settle(self, lease: StoredLease, granted: bool | None) -> StoredLease | None:
+        """What an acquire answers once the store replied: the lease, held and renewed, when it
+        was granted; None when every lease was taken; when the store could not answer (None),
+        the lease unbacked: the request goes on (fail open) and its release asks nothing."""
+        if granted is None:
+            lease.backed = False
+            return lease
+        if not granted:
+            return None
+        self.add(lease)
+        return lease
+
     def discard(self, lease: StoredLease) -> bool:
         """True if the lease was held (a second release of it finds it gone)."""
         return self._held.pop(lease.id, None) is not None
