@@ -284,7 +284,7 @@ def test_serve_makes_a_state_directory_for_the_run_and_removes_it(upstream: Fake
     try:
         environ = Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0")
         state_dir = Path(next(entry for entry in environ if entry.startswith(b"GATEWAY_STATE_DIR=")).split(b"=", 1)[1].decode())
-        assert (state_dir / "shared-state.sqlite3").exists()  # opened by the workers' lifespans
+        assert state_dir.is_dir()  # the workers open its database at their first operation (localstate.py)
     finally:
         gateway.stop()
     assert not state_dir.exists()
