@@ -277,6 +277,21 @@ def test_the_state_directory_store_is_shared_by_files_not_memory(tmp_path: Path)
     run(scenario)
 
 
+def test_a_state_directory_whose_database_cannot_be_opened_fails_open(tmp_path: Path) -> None:
+    """The database opens at the first operation (a gateway without per-key limits never opens it):
+    one that cannot be opened is an outage like any other, answered open and said once."""
+    async def scenario() -> None:
+        store = LocalState(tmp_path / "missing")  # no such directory: sqlite3 cannot create the file
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert await store.take("w", 1, 1, 60) is None  # open: a limit of 1 refuses nothing
+        await store.close()
+        assert [entry["event"] for entry in logs] == ["shared_state_unreachable"]
+        assert not (tmp_path / "missing").exists()
+
+    run(scenario)
+
+
 def test_serve_makes_a_state_directory_for_the_run_and_removes_it(upstream: FakeUpstream, tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(routes_yaml(upstream.url))
