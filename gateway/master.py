@@ -22,6 +22,17 @@ from typing import Any
 # Sent by the master to its workers when SIGTERM arrives with a shutdown delay: /health/ready
 # says 503 from then on, while the worker still serves (guard.Drain.leave).
 LEAVING_SIGNAL = signal.SIGUSR1
+# Packages a worker would import only because they happen to be installed, never to serve:
+# structlog loads `rich` (with pygments, about 3-5 MiB a worker) for pretty console tracebacks
+# when it finds it (a dev dependency brings it), though logs.py formats exceptions itself.
+# Blocked in the master, before the workers are forked, they are skipped as if absent.
+NOT_SERVING = ("rich",)
+
+
+def without_unneeded_imports() -> None:
+    """Mark `NOT_SERVING` as absent (`import rich` raises ImportError) in this process and its forks."""
+    for name in NOT_SERVING:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable" (importlib)
 
 
 def forward_sighup() -> None:
@@ -98,6 +109,7 @@ def run(plan: dict[str, Any]) -> None:
 
     from gateway.listener import GatewayServer
 
+    without_unneeded_imports()  # before the workers are forked
     options = dict(plan["options"])
     options["interface"] = Interfaces(options["interface"])
     options["loop"] = Loops(options["loop"])

@@ -120,3 +120,20 @@ def test_the_master_process_imports_only_what_it_runs() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_workers_do_not_import_what_only_a_dev_install_brings() -> None:
+    """structlog imports `rich` (and pygments) whenever it is installed; the master marks it absent
+    before forking the workers, which then serve without it, text log lines and tracebacks still
+    written (structlog's plain traceback)."""
+    pytest.importorskip("rich")  # the dev venv has it (schemathesis): without it there is nothing to show
+    code = (
+        "import sys; from gateway.master import without_unneeded_imports; without_unneeded_imports(); "
+        "import gateway.app, structlog; from gateway.logs import configure_logging; "
+        "configure_logging('text', 'info'); log = structlog.get_logger()\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.exception('boom')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if sys.modules[m] is not None} & {'rich', 'pygments'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+    assert "boom" in result.stderr and "ZeroDivisionError" in result.stderr and "Traceback" in result.stderr

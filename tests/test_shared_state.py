@@ -277,6 +277,21 @@ def test_the_state_directory_store_is_shared_by_files_not_memory(tmp_path: Path)
     run(scenario)
 
 
+def test_a_state_directory_whose_database_cannot_be_opened_fails_open(tmp_path: Path) -> None:
+    """The database opens at the first operation (a gateway without per-key limits never opens it):
+    one that cannot be opened is an outage like any other, answered open and said once."""
+    async def scenario() -> None:
+        store = LocalState(tmp_path / "missing")  # no such directory: sqlite3 cannot create the file
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert await store.take("w", 1, 1, 60) is None  # open: a limit of 1 refuses nothing
+        await store.close()
+        assert [entry["event"] for entry in logs] == ["shared_state_unreachable"]
+        assert not (tmp_path / "missing").exists()
+
+    run(scenario)
+
+
 def test_serve_makes_a_state_directory_for_the_run_and_removes_it(upstream: FakeUpstream, tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(routes_yaml(upstream.url))
@@ -284,7 +299,7 @@ def test_serve_makes_a_state_directory_for_the_run_and_removes_it(upstream: Fake
     try:
         environ = Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0")
         state_dir = Path(next(entry for entry in environ if entry.startswith(b"GATEWAY_STATE_DIR=")).split(b"=", 1)[1].decode())
-        assert (state_dir / "shared-state.sqlite3").exists()  # opened by the workers' lifespans
+        assert state_dir.is_dir()  # the workers open its database at their first operation (localstate.py)
     finally:
         gateway.stop()
     assert not state_dir.exists()

@@ -236,7 +236,7 @@ class TranslatedCall(Generic[RequestT]):
                             lines.extend(_dumps(chunk) for chunk in translator.feed(event))
                             if lines and not started:
                                 # The first line leaves at once; later ones go one write per read.
-                                started = True
+                                started = events.started = True
                                 record.chunks += len(lines)
                                 yield b"\n".join(lines) + b"\n"
                                 lines = []
@@ -280,6 +280,7 @@ class TranslatedCall(Generic[RequestT]):
                             yield framing.encode(chunks)
                         raise
                     if chunks:
+                        events.started = True
                         record.chunks += len(chunks)
                         yield framing.encode(chunks)
                 if not events.saw_done and not translator.saw_finish_reason:

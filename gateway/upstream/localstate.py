@@ -1,7 +1,9 @@
 """`LocalState`: the `SharedState` of the workers of one machine, without Redis.
 
 One SQLite database in the state directory `ollama-gateway serve` makes for the run
-(`GATEWAY_STATE_DIR`, removed when the server stops, master.py), opened by every worker: WAL
+(`GATEWAY_STATE_DIR`, removed when the server stops, master.py), opened by every worker at its
+first operation (sqlite3 and a connection cost a worker about 3 MiB, which one whose keys have
+no limits never pays; a database that cannot be opened fails open like any other outage): WAL
 mode, `synchronous=OFF` (nothing here needs to survive a power cut), each operation one
 `BEGIN IMMEDIATE` transaction, so it is atomic across the workers. The meaning is the Redis
 scripts' (redisstate.py), on this machine's clock: windows of `SLOTS` slots, leases as rows with
@@ -17,11 +19,13 @@ this process alone.
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import sqlite3  # imported at the first operation (_run): about 1.3 MiB a worker otherwise
 
 from gateway.upstream.sharedstate import COOLDOWN_MARGIN, SLOTS, HeldLeases, Lease, Outage, StoredLease
 
@@ -52,22 +56,22 @@ class LocalState:
     """The `SharedState` contract over one SQLite connection per worker."""
 
     def __init__(self, state_dir: Path | None) -> None:
-        target = str(state_dir / FILE_NAME) if state_dir is not None else ":memory:"
-        self._db = sqlite3.connect(target, isolation_level=None, timeout=_BUSY_MS / 1000)
-        self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.executescript(_SCHEMA)
+        self._target = str(state_dir / FILE_NAME) if state_dir is not None else ":memory:"
+        # Opened at the first operation: a gateway whose keys have no limits never pays for it
+        # (the connection and its page cache are about 1.5 MiB a worker).
+        self._db: sqlite3.Connection | None = None
         self._outage = Outage("state directory")
         self._held = HeldLeases(self._renew_all)
         self._operations = 0
 
     def _run(self, operation: Callable[[sqlite3.Connection, int], _T], open_answer: _T) -> _T:
         """`operation` in one immediate transaction, or `open_answer` if the database fails."""
+        import sqlite3
+
         if self._outage.skipping():
             return open_answer
-        db = self._db
         try:
+            db = self._db or self._open()
             db.execute("BEGIN IMMEDIATE")
             try:
                 now = _now()
@@ -84,6 +88,21 @@ class LocalState:
             return open_answer
         self._outage.worked()
         return answer
+
+    def _open(self) -> sqlite3.Connection:
+        import sqlite3
+
+        db = sqlite3.connect(self._target, isolation_level=None, timeout=_BUSY_MS / 1000)
+        try:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
 
     async def take(self, key: str, amount: int, limit: int, window: float) -> float | None:
         def take(db: sqlite3.Connection, now: int) -> float | None:
@@ -185,7 +204,9 @@ class LocalState:
         await self._held.stop()
         for lease in self._held.all():
             await self.release(lease)
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def _add_to_slot(db: sqlite3.Connection, key: str, slot: int, amount: int, width: float) -> None:
