@@ -25,6 +25,7 @@ RPM_KEY = "gw-rpm-key-0123456789"
 TPM_KEY = "gw-tpm-key-0123456789"
 STREAM_TPM_KEY = "gw-stream-tpm-0123456789"
 PARALLEL_KEY = "gw-parallel-0123456789"
+ABANDON_KEY = "gw-abandon-key-0123456789"
 FREE_KEY = "gw-free-key-0123456789"
 USER_HI = [{"role": "user", "content": "hi"}]
 
@@ -44,6 +45,7 @@ auth:
     - {{key: {TPM_KEY}, limits: {{tpm: 40}}}}
     - {{key: {STREAM_TPM_KEY}, limits: {{tpm: 40, rpm: 100}}}}
     - {{key: {PARALLEL_KEY}, limits: {{max_parallel: 2}}}}
+    - {{key: {ABANDON_KEY}, limits: {{tpm: 40}}}}
     - {{key: {FREE_KEY}}}
 """)
     return routes
@@ -115,6 +117,26 @@ def test_a_stream_adds_its_tokens_when_it_ends(two_workers: RunningGateway, upst
         with pytest.raises(ollama.ResponseError) as refused:
             list(client.chat(model="tiny", messages=USER_HI, stream=True))
     assert refused.value.status_code == 429
+
+
+def test_a_stream_the_client_abandons_still_counts_the_tokens_it_got(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
+    # The upstream's usage comes in its last chunk, which a client that hangs up never lets
+    # arrive: what was streamed is counted by the estimate (four characters a token), else a
+    # client could dodge its tpm by closing each stream before the end.
+    upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["x" * 40] * 30), delay=0.1))
+    headers = {"Authorization": f"Bearer {ABANDON_KEY}"}
+    with httpx.Client(base_url=two_workers.url, headers=headers, timeout=20) as client:
+        with client.stream("POST", "/api/chat", json={"model": "tiny", "messages": USER_HI}) as response:
+            lines = response.iter_lines()
+            got = [next(lines) for _ in range(6)]  # 5 deltas of 10 tokens each after the role-only one
+            assert all('"done":false' in line.replace(" ", "") for line in got)
+    deadline = time.monotonic() + 5
+    while upstream.open_connections:  # the gateway has closed the upstream stream: the request is over
+        assert time.monotonic() < deadline, "the abandoned stream was never closed upstream"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    refused = chat_fresh(two_workers.url, ABANDON_KEY)  # the very next request: no answer of its own counted yet
+    assert refused.status_code == 429 and "40 tokens per minute" in refused.json()["error"]
 
 
 def test_max_parallel_holds_a_lease_for_the_whole_stream(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
