@@ -77,6 +77,8 @@ upstreams:
   b: {{base_url: "{b}", max_retries: 0, cooldown: false}}
   c: {{base_url: "{c}", max_retries: 0, max_concurrent: 2}}
   c-again: {{base_url: "{c}", max_retries: 0}}
+  c-timed: {{base_url: "{c}", max_retries: 0, max_concurrent: 1, total_timeout: 1, cooldown: false}}
+  b-single: {{base_url: "{b}", max_retries: 0, max_concurrent: 1, cooldown: false}}
 models:
   - name: split
     targets: [{{upstream: a, model: m-a, weight: 3}}, {{upstream: b, model: m-b}}]
@@ -94,6 +96,13 @@ models:
   - name: guarded
     targets: [{{upstream: a, model: m-guarded}}, {{upstream: c-again}}]
     fallbacks: [narrow]
+  - name: timed
+    upstream: c-timed
+  - name: single-first
+    targets: [{{upstream: b-single, model: m-single}}, {{upstream: c-again}}]
+    balance: weighted
+  - name: single
+    upstream: b-single
   - name: only-a
     targets: [{{upstream: a, model: m-only}}]
 """
@@ -289,6 +298,29 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
     with ThreadPoolExecutor(2) as pool:
         assert list(pool.map(lambda _: _chat(gateway, "narrow"), range(2))) == ["from c", "from c"]
     assert time.monotonic() - started < 1.0, "no lease was left behind"
+
+
+def test_a_lease_comes_back_after_a_total_timeout_and_after_a_failure_before_the_first_byte(
+    gateway: RunningGateway, deployments: dict[str, Deployment],
+) -> None:
+    # c-timed: max_concurrent 1, total_timeout 1 s; the slow stream takes 3 s, so it is cut after
+    # its first chunks with an error line. Its one lease must be free at once for the next.
+    with ollama.Client(host=gateway.url) as client:
+        with pytest.raises(ollama.ResponseError, match="total_timeout|timed out|timeout"):
+            list(client.chat(model="timed", messages=SLOW, stream=True))
+    started = time.monotonic()
+    assert _chat(gateway, "timed") == "from c"
+    assert time.monotonic() - started < 1.0, "the timed-out stream kept its lease"
+    # b-single: max_concurrent 1, answering 500: the try fails before the first byte and the
+    # request falls over to the next target; the lease it took on b-single is given back.
+    deployments["b"].failing = True
+    for _ in range(3):
+        assert _chat(gateway, "single-first") == "from c"
+    assert deployments["b"].chats(), "b-single was tried first (weighted turns: not every time)"
+    deployments["b"].failing = False
+    started = time.monotonic()
+    assert _chat(gateway, "single") == "from b"
+    assert time.monotonic() - started < 1.0, "a failed try kept its lease"
 
 
 def test_listings_and_show_describe_the_entry_with_its_first_target(gateway: RunningGateway) -> None:
