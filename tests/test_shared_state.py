@@ -303,3 +303,34 @@ def test_a_reloaded_client_set_keeps_the_workers_store(upstream: FakeUpstream, t
         await store.close()
 
     run(scenario)
+
+
+def test_every_redis_key_has_an_expiry_no_longer_than_what_it_holds(redis_server: RedisServer) -> None:  # noqa: F811
+    """A replica that crashes leaves nothing in Redis for longer than it means: after each kind
+    of write, every `ollama-gateway:` key has an expiry, bounded by its window, its lease's ttl
+    or its cooldown plus the margin."""
+    import redis as sync_redis
+
+    from gateway.upstream.sharedstate import COOLDOWN_MARGIN
+
+    async def scenario() -> None:
+        store = RedisState(redis_server.url)
+        assert await store.take("win", 1, 5, 60) is None
+        await store.add("tok", 50, 60)
+        assert await store.acquire("lease", 2, 5) is not None
+        for _ in range(2):
+            await store.failed("cool", 2, 3)
+        assert await store.cooling("cool", 3) > 0
+        await store.failed("row", 3, 3)  # a row of failures not yet a cooldown
+        client = sync_redis.Redis.from_url(redis_server.url)
+        keys = sorted(key.decode() for key in client.keys("*"))
+        assert keys == [f"ollama-gateway:{name}" for name in ("cool", "lease", "row", "tok", "win")]
+        ttls = {key.removeprefix("ollama-gateway:"): client.pttl(key) / 1000 for key in keys}
+        assert all(ttl > 0 for ttl in ttls.values()), ttls
+        assert ttls["win"] <= 61 and ttls["tok"] <= 61  # the window and one slot
+        assert ttls["lease"] <= 5
+        assert ttls["cool"] <= 3 + COOLDOWN_MARGIN and ttls["row"] <= 3 + COOLDOWN_MARGIN
+        client.close()
+        await store.close()
+
+    run(scenario)
