@@ -237,3 +237,34 @@ def test_redis_stopped_mid_run_fails_open_loudly_then_limits_again(redis_pair: l
     statuses = [chat_fresh(url, RPM_KEY).status_code for _ in range(12)]
     assert statuses == [200] * 10 + [429] * 2, statuses
     assert '"event":"shared_state_reachable_again"' in redis_pair[0].log_text()
+
+
+def test_a_reload_applies_new_limits_to_the_counts_and_leases_already_held(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The counts live under the key's id in the store, not in the map: a reload that changes a
+    key's limits applies them to the minute already counted and to the leases already held (a
+    stream that began under the old map hands its lease back when it ends)."""
+    from tests.client_support import wait_for
+    from tests.test_health_metrics import sample, scrape
+
+    routes = limited_routes(tmp_path, upstream.url, rpm=2)
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2)
+    try:
+        assert [chat_fresh(gateway.url, RPM_KEY).status_code for _ in range(3)] == [200, 200, 429]
+        upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["a"] * 12), delay=0.25))
+        held = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {PARALLEL_KEY}"}, timeout=20)
+        with held, held.stream("POST", "/api/chat", json={"model": "tiny", "messages": USER_HI}) as stream:
+            lines = stream.iter_lines()  # one iterator: a dropped one closes the response
+            next(lines)
+            # max_parallel 2 -> 1 while one lease is held; rpm 2 -> 3 with two requests counted.
+            routes.write_text(routes.read_text().replace("rpm: 2}", "rpm: 3}").replace("max_parallel: 2", "max_parallel: 1"))
+            assert wait_for(lambda: sample(scrape(gateway.url, FREE_KEY), "gateway_route_map_reloads_total", result="ok") == 2, 30)
+            assert chat_fresh(gateway.url, PARALLEL_KEY).status_code == 429  # the held lease counts
+            assert [chat_fresh(gateway.url, RPM_KEY).status_code for _ in range(2)] == [200, 429]
+            assert len(list(lines)) > 5  # the old map's stream ends well
+        deadline = time.monotonic() + 5
+        while (status := chat_fresh(gateway.url, PARALLEL_KEY).status_code) == 429:
+            assert time.monotonic() < deadline, "the stream begun before the reload kept its lease"
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        gateway.stop()
