@@ -22,6 +22,7 @@ from gateway.errors import SERVER_BUSY
 from tests.client_support import raw_request, wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
+from tests.test_health_metrics import sample
 from tests.redis_support import RedisServer, redis_server  # noqa: F401 - the fixture
 
 CHAT = "/v1/chat/completions"
@@ -267,6 +268,9 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
             assert status == 503 and body == {"error": SERVER_BUSY}
             assert 1.4 <= waited < 5, "the request waited GATEWAY_QUEUE_TIMEOUT (1.5 s) for a lease"
         assert len(deployments["c"].chats()) == 2, "no request beyond the limit reached the upstream"
+        # Counted as 503s of the routed entry (whichever worker scraped: the replica's total).
+        assert wait_for(lambda: sample(httpx.get(gateway.url + "/metrics", timeout=10).text, "gateway_requests_total",
+                                       endpoint="/api/chat", model="narrow:latest", status="503") >= 6)
         # Another target free: the request moves to it rather than waiting.
         started = time.monotonic()
         assert _chat(gateway, "spill") == "from b"
@@ -388,3 +392,50 @@ def test_leases_and_cooldowns_hold_across_two_gateways_sharing_redis(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_worker_killed_while_it_holds_a_lease_frees_it_after_the_lease_ttl(
+    deployments: dict[str, Deployment], tmp_path: Path,
+) -> None:
+    """kill -9 of the Granian worker streaming from an upstream at `max_concurrent: 1`: nothing
+    can hand its lease back, so the respawned worker and the other one wait for its ttl
+    (LEASE_TTL, 30 s) in the state directory, then the upstream is usable again."""
+    import http.client
+
+    import psutil
+
+    from gateway.upstream.sharedstate import LEASE_TTL
+    from tests.test_health_metrics import serving_worker, worker_pids
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"""
+upstreams:
+  one: {{base_url: "{deployments['c'].url}", max_retries: 0, max_concurrent: 1, cooldown: false}}
+models:
+  - {{name: single, upstream: one}}
+""")
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2, env={"GATEWAY_QUEUE_TIMEOUT": "0.5"})
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        connection.request("POST", "/api/chat", body=json.dumps({"model": "single", "messages": SLOW}),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.readline()
+        worker = serving_worker(gateway, connection)
+        psutil.Process(worker).kill()
+        killed = time.monotonic()
+        connection.close()
+        assert wait_for(lambda: len(worker_pids(gateway)) == 2 and worker not in worker_pids(gateway), 30)
+
+        def status() -> int:
+            return httpx.post(gateway.url + "/api/chat", json={"model": "single", "messages": HI, "stream": False},
+                              timeout=30).status_code
+
+        assert status() == 503  # the dead worker's lease is still counted
+        while (answered := status()) == 503:
+            assert time.monotonic() - killed < LEASE_TTL + 10, "the killed worker's lease was never freed"
+            time.sleep(0.5)
+        assert answered == 200
+        assert time.monotonic() - killed >= LEASE_TTL - 11, "freed before its ttl (renewed every ttl / 3)"
+    finally:
+        gateway.stop()
