@@ -26,6 +26,7 @@ TPM_KEY = "gw-tpm-key-0123456789"
 STREAM_TPM_KEY = "gw-stream-tpm-0123456789"
 PARALLEL_KEY = "gw-parallel-0123456789"
 ABANDON_KEY = "gw-abandon-key-0123456789"
+ABANDON_MESSAGES_KEY = "gw-abandon-messages-0123456789"
 FREE_KEY = "gw-free-key-0123456789"
 USER_HI = [{"role": "user", "content": "hi"}]
 
@@ -46,6 +47,7 @@ auth:
     - {{key: {STREAM_TPM_KEY}, limits: {{tpm: 40, rpm: 100}}}}
     - {{key: {PARALLEL_KEY}, limits: {{max_parallel: 2}}}}
     - {{key: {ABANDON_KEY}, limits: {{tpm: 40}}}}
+    - {{key: {ABANDON_MESSAGES_KEY}, limits: {{tpm: 40}}}}
     - {{key: {FREE_KEY}}}
 """)
     return routes
@@ -137,6 +139,28 @@ def test_a_stream_the_client_abandons_still_counts_the_tokens_it_got(two_workers
     time.sleep(0.2)
     refused = chat_fresh(two_workers.url, ABANDON_KEY)  # the very next request: no answer of its own counted yet
     assert refused.status_code == 429 and "40 tokens per minute" in refused.json()["error"]
+
+
+def test_an_abandoned_messages_stream_counts_too(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
+    # /v1/messages is translated (Anthropic's events framed by its translator): the same rule.
+    upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["x" * 40] * 30), delay=0.1))
+    body = {"model": "tiny", "max_tokens": 500, "stream": True, "messages": USER_HI}
+    with httpx.Client(base_url=two_workers.url, headers={"x-api-key": ABANDON_MESSAGES_KEY}, timeout=20) as client:
+        with client.stream("POST", "/v1/messages", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            deltas = 0
+            while deltas < 5:
+                line = next(lines)
+                deltas += line.startswith("data:") and "content_block_delta" in line  # 10 tokens each
+    deadline = time.monotonic() + 5
+    while upstream.open_connections:
+        assert time.monotonic() < deadline, "the abandoned stream was never closed upstream"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    refused = httpx.post(two_workers.url + "/v1/messages", json={**body, "stream": False},
+                         headers={"x-api-key": ABANDON_MESSAGES_KEY}, timeout=10)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_max_parallel_holds_a_lease_for_the_whole_stream(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
