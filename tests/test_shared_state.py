@@ -334,3 +334,35 @@ def test_every_redis_key_has_an_expiry_no_longer_than_what_it_holds(redis_server
         await store.close()
 
     run(scenario)
+
+
+def test_a_redis_that_does_not_answer_costs_its_timeout_once_then_nothing_for_a_second() -> None:
+    """A server that takes the connection and never answers (a host gone from the network, a
+    stuck Redis): the first call waits `timeout`, fails open, and the calls of the next second
+    are answered open at once (README: Redis unreachable)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+    port = silent.getsockname()[1]
+
+    async def scenario() -> None:
+        store = RedisState(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        with capture_logs() as logs:
+            started = time.monotonic()
+            assert await store.take("w", 1, 1, 60) is None
+            first = time.monotonic() - started
+            started = time.monotonic()
+            for _ in range(20):
+                assert await store.take("w", 1, 1, 60) is None
+                assert await store.cooling("c", 5) == 0.0
+            rest = time.monotonic() - started
+        assert 0.25 <= first < 1.0 and rest < 0.1, (first, rest)
+        assert [entry["event"] for entry in logs] == ["shared_state_unreachable"]
+        await store.close()
+
+    try:
+        run(scenario)
+    finally:
+        silent.close()
