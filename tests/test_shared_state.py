@@ -366,3 +366,23 @@ def test_a_redis_that_does_not_answer_costs_its_timeout_once_then_nothing_for_a_
         run(scenario)
     finally:
         silent.close()
+
+
+def test_the_state_directory_store_does_not_follow_the_wall_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of one machine share its monotonic clock; a wall clock stepped back an hour
+    (NTP, a VM resumed) must not keep a minute's counts, or a dead worker's lease, for an hour."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+
+    async def scenario() -> None:
+        store = LocalState(state_dir)
+        assert await store.take("w", 1, 1, 0.5) is None
+        real = time.time_ns()
+        monkeypatch.setattr(time, "time_ns", lambda: real - 3600 * 10**9)
+        waited = await store.take("w", 1, 1, 0.5)
+        assert waited is not None and waited <= 0.6
+        await asyncio.sleep(waited)
+        assert await store.take("w", 1, 1, 0.5) is None
+        await store.close()
+
+    run(scenario)
