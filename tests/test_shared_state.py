@@ -386,3 +386,28 @@ def test_the_state_directory_store_does_not_follow_the_wall_clock(tmp_path: Path
         await store.close()
 
     run(scenario)
+
+
+def test_redis_entries_from_a_clock_stepped_back_do_not_count_for_the_step(redis_server: RedisServer) -> None:  # noqa: F811
+    """What was written while the Redis server's clock ran an hour ahead (then stepped back:
+    NTP, a VM resumed): a window's slot past the current one and a lease expiring later than
+    any renewal could have set it are dropped, not counted for an hour."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    ahead = now_ms + 3600 * 1000
+    client.hset("ollama-gateway:w", str(ahead // 1000), 5)  # slots of one second (60 s / 60)
+    client.pexpire("ollama-gateway:w", 3700 * 1000)
+    client.zadd("ollama-gateway:l", {"ahead": ahead + 5000})  # a lease of ttl 5 s, an hour ahead
+    client.pexpire("ollama-gateway:l", 3700 * 1000)
+
+    async def scenario() -> None:
+        store = RedisState(redis_server.url)
+        assert await store.take("w", 1, 5, 60) is None  # the five counted "in the future" are gone
+        assert await store.acquire("l", 1, 5) is not None
+        await store.close()
+
+    run(scenario)
+    client.close()
