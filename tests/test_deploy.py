@@ -260,3 +260,40 @@ def test_a_replica_stopping_behind_haproxy_loses_no_request(own_upstream: FakeUp
         for gateway in gateways:
             gateway.stop()
 
+
+
+def test_a_configmap_update_the_kubelet_way_reloads_every_worker(own_upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The kubelet updates a mounted ConfigMap by writing a new timestamped directory and
+    renaming a `..data` symlink over the old one (routes.yaml itself is a symlink through
+    `..data` and never changes): the watch sees the swap and each worker reloads."""
+    import os
+
+    mount = tmp_path / "config"
+    mount.mkdir()
+
+    def publish(version: str, text: str) -> None:
+        folder = mount / f"..2026_12_01_{version}"
+        folder.mkdir()
+        (folder / "routes.yaml").write_text(text)
+        (mount / "..data_tmp").symlink_to(folder.name)
+        os.replace(mount / "..data_tmp", mount / "..data")  # the atomic swap
+
+    publish("1", routes_yaml(own_upstream.url))
+    (mount / "routes.yaml").symlink_to("..data/routes.yaml")
+    gateway = RunningGateway(mount / "routes.yaml", tmp_path / "gateway.log", workers=2)
+    try:
+        def names() -> set[str]:
+            response = httpx.get(gateway.url + "/api/tags", timeout=10)  # a fresh connection: either worker
+            return {model["name"] for model in response.json()["models"]}
+
+        assert "from-configmap:latest" not in names()
+        old = next(mount.glob("..2026_12_01_1"))
+        publish("2", routes_yaml(own_upstream.url, "  - {name: from-configmap, upstream: fake}\n"))
+        shutil.rmtree(old)
+        deadline = time.monotonic() + 30
+        while not all("from-configmap:latest" in names() for _ in range(6)):
+            assert time.monotonic() < deadline, "the ConfigMap swap was not picked up by every worker"
+            time.sleep(0.3)
+        assert gateway.log.read_text().count('"routes_reloaded"') >= 2
+    finally:
+        gateway.stop()

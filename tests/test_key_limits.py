@@ -25,6 +25,8 @@ RPM_KEY = "gw-rpm-key-0123456789"
 TPM_KEY = "gw-tpm-key-0123456789"
 STREAM_TPM_KEY = "gw-stream-tpm-0123456789"
 PARALLEL_KEY = "gw-parallel-0123456789"
+ABANDON_KEY = "gw-abandon-key-0123456789"
+ABANDON_MESSAGES_KEY = "gw-abandon-messages-0123456789"
 FREE_KEY = "gw-free-key-0123456789"
 USER_HI = [{"role": "user", "content": "hi"}]
 
@@ -44,6 +46,8 @@ auth:
     - {{key: {TPM_KEY}, limits: {{tpm: 40}}}}
     - {{key: {STREAM_TPM_KEY}, limits: {{tpm: 40, rpm: 100}}}}
     - {{key: {PARALLEL_KEY}, limits: {{max_parallel: 2}}}}
+    - {{key: {ABANDON_KEY}, limits: {{tpm: 40}}}}
+    - {{key: {ABANDON_MESSAGES_KEY}, limits: {{tpm: 40}}}}
     - {{key: {FREE_KEY}}}
 """)
     return routes
@@ -115,6 +119,48 @@ def test_a_stream_adds_its_tokens_when_it_ends(two_workers: RunningGateway, upst
         with pytest.raises(ollama.ResponseError) as refused:
             list(client.chat(model="tiny", messages=USER_HI, stream=True))
     assert refused.value.status_code == 429
+
+
+def test_a_stream_the_client_abandons_still_counts_the_tokens_it_got(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
+    # The upstream's usage comes in its last chunk, which a client that hangs up never lets
+    # arrive: what was streamed is counted by the estimate (four characters a token), else a
+    # client could dodge its tpm by closing each stream before the end.
+    upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["x" * 40] * 30), delay=0.1))
+    headers = {"Authorization": f"Bearer {ABANDON_KEY}"}
+    with httpx.Client(base_url=two_workers.url, headers=headers, timeout=20) as client:
+        with client.stream("POST", "/api/chat", json={"model": "tiny", "messages": USER_HI}) as response:
+            lines = response.iter_lines()
+            got = [next(lines) for _ in range(6)]  # 5 deltas of 10 tokens each after the role-only one
+            assert all('"done":false' in line.replace(" ", "") for line in got)
+    deadline = time.monotonic() + 5
+    while upstream.open_connections:  # the gateway has closed the upstream stream: the request is over
+        assert time.monotonic() < deadline, "the abandoned stream was never closed upstream"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    refused = chat_fresh(two_workers.url, ABANDON_KEY)  # the very next request: no answer of its own counted yet
+    assert refused.status_code == 429 and "40 tokens per minute" in refused.json()["error"]
+
+
+def test_an_abandoned_messages_stream_counts_too(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
+    # /v1/messages is translated (Anthropic's events framed by its translator): the same rule.
+    upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["x" * 40] * 30), delay=0.1))
+    body = {"model": "tiny", "max_tokens": 500, "stream": True, "messages": USER_HI}
+    with httpx.Client(base_url=two_workers.url, headers={"x-api-key": ABANDON_MESSAGES_KEY}, timeout=20) as client:
+        with client.stream("POST", "/v1/messages", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            deltas = 0
+            while deltas < 5:
+                line = next(lines)
+                deltas += line.startswith("data:") and "content_block_delta" in line  # 10 tokens each
+    deadline = time.monotonic() + 5
+    while upstream.open_connections:
+        assert time.monotonic() < deadline, "the abandoned stream was never closed upstream"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    refused = httpx.post(two_workers.url + "/v1/messages", json={**body, "stream": False},
+                         headers={"x-api-key": ABANDON_MESSAGES_KEY}, timeout=10)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_max_parallel_holds_a_lease_for_the_whole_stream(two_workers: RunningGateway, upstream: FakeUpstream) -> None:
@@ -215,3 +261,34 @@ def test_redis_stopped_mid_run_fails_open_loudly_then_limits_again(redis_pair: l
     statuses = [chat_fresh(url, RPM_KEY).status_code for _ in range(12)]
     assert statuses == [200] * 10 + [429] * 2, statuses
     assert '"event":"shared_state_reachable_again"' in redis_pair[0].log_text()
+
+
+def test_a_reload_applies_new_limits_to_the_counts_and_leases_already_held(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The counts live under the key's id in the store, not in the map: a reload that changes a
+    key's limits applies them to the minute already counted and to the leases already held (a
+    stream that began under the old map hands its lease back when it ends)."""
+    from tests.client_support import wait_for
+    from tests.test_health_metrics import sample, scrape
+
+    routes = limited_routes(tmp_path, upstream.url, rpm=2)
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2)
+    try:
+        assert [chat_fresh(gateway.url, RPM_KEY).status_code for _ in range(3)] == [200, 200, 429]
+        upstream.enqueue("/v1/chat/completions", Reply.sse(chat_chunks(["a"] * 12), delay=0.25))
+        held = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {PARALLEL_KEY}"}, timeout=20)
+        with held, held.stream("POST", "/api/chat", json={"model": "tiny", "messages": USER_HI}) as stream:
+            lines = stream.iter_lines()  # one iterator: a dropped one closes the response
+            next(lines)
+            # max_parallel 2 -> 1 while one lease is held; rpm 2 -> 3 with two requests counted.
+            routes.write_text(routes.read_text().replace("rpm: 2}", "rpm: 3}").replace("max_parallel: 2", "max_parallel: 1"))
+            assert wait_for(lambda: sample(scrape(gateway.url, FREE_KEY), "gateway_route_map_reloads_total", result="ok") == 2, 30)
+            assert chat_fresh(gateway.url, PARALLEL_KEY).status_code == 429  # the held lease counts
+            assert [chat_fresh(gateway.url, RPM_KEY).status_code for _ in range(2)] == [200, 429]
+            assert len(list(lines)) > 5  # the old map's stream ends well
+        deadline = time.monotonic() + 5
+        while (status := chat_fresh(gateway.url, PARALLEL_KEY).status_code) == 429:
+            assert time.monotonic() < deadline, "the stream begun before the reload kept its lease"
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        gateway.stop()

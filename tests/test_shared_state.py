@@ -318,3 +318,111 @@ def test_a_reloaded_client_set_keeps_the_workers_store(upstream: FakeUpstream, t
         await store.close()
 
     run(scenario)
+
+
+def test_every_redis_key_has_an_expiry_no_longer_than_what_it_holds(redis_server: RedisServer) -> None:  # noqa: F811
+    """A replica that crashes leaves nothing in Redis for longer than it means: after each kind
+    of write, every `ollama-gateway:` key has an expiry, bounded by its window, its lease's ttl
+    or its cooldown plus the margin."""
+    import redis as sync_redis
+
+    from gateway.upstream.sharedstate import COOLDOWN_MARGIN
+
+    async def scenario() -> None:
+        store = RedisState(redis_server.url)
+        assert await store.take("win", 1, 5, 60) is None
+        await store.add("tok", 50, 60)
+        assert await store.acquire("lease", 2, 5) is not None
+        for _ in range(2):
+            await store.failed("cool", 2, 3)
+        assert await store.cooling("cool", 3) > 0
+        await store.failed("row", 3, 3)  # a row of failures not yet a cooldown
+        client = sync_redis.Redis.from_url(redis_server.url)
+        keys = sorted(key.decode() for key in client.keys("*"))
+        assert keys == [f"ollama-gateway:{name}" for name in ("cool", "lease", "row", "tok", "win")]
+        ttls = {key.removeprefix("ollama-gateway:"): client.pttl(key) / 1000 for key in keys}
+        assert all(ttl > 0 for ttl in ttls.values()), ttls
+        assert ttls["win"] <= 61 and ttls["tok"] <= 61  # the window and one slot
+        assert ttls["lease"] <= 5
+        assert ttls["cool"] <= 3 + COOLDOWN_MARGIN and ttls["row"] <= 3 + COOLDOWN_MARGIN
+        client.close()
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_redis_that_does_not_answer_costs_its_timeout_once_then_nothing_for_a_second() -> None:
+    """A server that takes the connection and never answers (a host gone from the network, a
+    stuck Redis): the first call waits `timeout`, fails open, and the calls of the next second
+    are answered open at once (README: Redis unreachable)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+    port = silent.getsockname()[1]
+
+    async def scenario() -> None:
+        store = RedisState(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        with capture_logs() as logs:
+            started = time.monotonic()
+            assert await store.take("w", 1, 1, 60) is None
+            first = time.monotonic() - started
+            started = time.monotonic()
+            for _ in range(20):
+                assert await store.take("w", 1, 1, 60) is None
+                assert await store.cooling("c", 5) == 0.0
+            rest = time.monotonic() - started
+        assert 0.25 <= first < 1.0 and rest < 0.1, (first, rest)
+        assert [entry["event"] for entry in logs] == ["shared_state_unreachable"]
+        await store.close()
+
+    try:
+        run(scenario)
+    finally:
+        silent.close()
+
+
+def test_the_state_directory_store_does_not_follow_the_wall_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of one machine share its monotonic clock; a wall clock stepped back an hour
+    (NTP, a VM resumed) must not keep a minute's counts, or a dead worker's lease, for an hour."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+
+    async def scenario() -> None:
+        store = LocalState(state_dir)
+        assert await store.take("w", 1, 1, 0.5) is None
+        real = time.time_ns()
+        monkeypatch.setattr(time, "time_ns", lambda: real - 3600 * 10**9)
+        waited = await store.take("w", 1, 1, 0.5)
+        assert waited is not None and waited <= 0.6
+        await asyncio.sleep(waited)
+        assert await store.take("w", 1, 1, 0.5) is None
+        await store.close()
+
+    run(scenario)
+
+
+def test_redis_entries_from_a_clock_stepped_back_do_not_count_for_the_step(redis_server: RedisServer) -> None:  # noqa: F811
+    """What was written while the Redis server's clock ran an hour ahead (then stepped back:
+    NTP, a VM resumed): a window's slot past the current one and a lease expiring later than
+    any renewal could have set it are dropped, not counted for an hour."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    ahead = now_ms + 3600 * 1000
+    client.hset("ollama-gateway:w", str(ahead // 1000), 5)  # slots of one second (60 s / 60)
+    client.pexpire("ollama-gateway:w", 3700 * 1000)
+    client.zadd("ollama-gateway:l", {"ahead": ahead + 5000})  # a lease of ttl 5 s, an hour ahead
+    client.pexpire("ollama-gateway:l", 3700 * 1000)
+
+    async def scenario() -> None:
+        store = RedisState(redis_server.url)
+        assert await store.take("w", 1, 5, 60) is None  # the five counted "in the future" are gone
+        assert await store.acquire("l", 1, 5) is not None
+        await store.close()
+
+    run(scenario)
+    client.close()

@@ -22,6 +22,7 @@ from gateway.errors import SERVER_BUSY
 from tests.client_support import raw_request, wait_for
 from tests.conftest import RunningGateway
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunks, chat_completion
+from tests.test_health_metrics import sample
 from tests.redis_support import RedisServer, redis_server  # noqa: F401 - the fixture
 
 CHAT = "/v1/chat/completions"
@@ -77,6 +78,8 @@ upstreams:
   b: {{base_url: "{b}", max_retries: 0, cooldown: false}}
   c: {{base_url: "{c}", max_retries: 0, max_concurrent: 2}}
   c-again: {{base_url: "{c}", max_retries: 0}}
+  c-timed: {{base_url: "{c}", max_retries: 0, max_concurrent: 1, total_timeout: 1, cooldown: false}}
+  b-single: {{base_url: "{b}", max_retries: 0, max_concurrent: 1, cooldown: false}}
 models:
   - name: split
     targets: [{{upstream: a, model: m-a, weight: 3}}, {{upstream: b, model: m-b}}]
@@ -94,6 +97,13 @@ models:
   - name: guarded
     targets: [{{upstream: a, model: m-guarded}}, {{upstream: c-again}}]
     fallbacks: [narrow]
+  - name: timed
+    upstream: c-timed
+  - name: single-first
+    targets: [{{upstream: b-single, model: m-single}}, {{upstream: c-again}}]
+    balance: weighted
+  - name: single
+    upstream: b-single
   - name: only-a
     targets: [{{upstream: a, model: m-only}}]
 """
@@ -258,6 +268,9 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
             assert status == 503 and body == {"error": SERVER_BUSY}
             assert 1.4 <= waited < 5, "the request waited GATEWAY_QUEUE_TIMEOUT (1.5 s) for a lease"
         assert len(deployments["c"].chats()) == 2, "no request beyond the limit reached the upstream"
+        # Counted as 503s of the routed entry (whichever worker scraped: the replica's total).
+        assert wait_for(lambda: sample(httpx.get(gateway.url + "/metrics", timeout=10).text, "gateway_requests_total",
+                                       endpoint="/api/chat", model="narrow:latest", status="503") >= 6)
         # Another target free: the request moves to it rather than waiting.
         started = time.monotonic()
         assert _chat(gateway, "spill") == "from b"
@@ -289,6 +302,29 @@ def test_max_concurrent_holds_across_workers_then_answers_server_busy(
     with ThreadPoolExecutor(2) as pool:
         assert list(pool.map(lambda _: _chat(gateway, "narrow"), range(2))) == ["from c", "from c"]
     assert time.monotonic() - started < 1.0, "no lease was left behind"
+
+
+def test_a_lease_comes_back_after_a_total_timeout_and_after_a_failure_before_the_first_byte(
+    gateway: RunningGateway, deployments: dict[str, Deployment],
+) -> None:
+    # c-timed: max_concurrent 1, total_timeout 1 s; the slow stream takes 3 s, so it is cut after
+    # its first chunks with an error line. Its one lease must be free at once for the next.
+    with ollama.Client(host=gateway.url) as client:
+        with pytest.raises(ollama.ResponseError, match="total_timeout|timed out|timeout"):
+            list(client.chat(model="timed", messages=SLOW, stream=True))
+    started = time.monotonic()
+    assert _chat(gateway, "timed") == "from c"
+    assert time.monotonic() - started < 1.0, "the timed-out stream kept its lease"
+    # b-single: max_concurrent 1, answering 500: the try fails before the first byte and the
+    # request falls over to the next target; the lease it took on b-single is given back.
+    deployments["b"].failing = True
+    for _ in range(3):
+        assert _chat(gateway, "single-first") == "from c"
+    assert deployments["b"].chats(), "b-single was tried first (weighted turns: not every time)"
+    deployments["b"].failing = False
+    started = time.monotonic()
+    assert _chat(gateway, "single") == "from b"
+    assert time.monotonic() - started < 1.0, "a failed try kept its lease"
 
 
 def test_listings_and_show_describe_the_entry_with_its_first_target(gateway: RunningGateway) -> None:
@@ -356,3 +392,50 @@ def test_leases_and_cooldowns_hold_across_two_gateways_sharing_redis(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_worker_killed_while_it_holds_a_lease_frees_it_after_the_lease_ttl(
+    deployments: dict[str, Deployment], tmp_path: Path,
+) -> None:
+    """kill -9 of the Granian worker streaming from an upstream at `max_concurrent: 1`: nothing
+    can hand its lease back, so the respawned worker and the other one wait for its ttl
+    (LEASE_TTL, 30 s) in the state directory, then the upstream is usable again."""
+    import http.client
+
+    import psutil
+
+    from gateway.upstream.sharedstate import LEASE_TTL
+    from tests.test_health_metrics import serving_worker, worker_pids
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"""
+upstreams:
+  one: {{base_url: "{deployments['c'].url}", max_retries: 0, max_concurrent: 1, cooldown: false}}
+models:
+  - {{name: single, upstream: one}}
+""")
+    gateway = RunningGateway(routes, tmp_path / "gateway.log", workers=2, env={"GATEWAY_QUEUE_TIMEOUT": "0.5"})
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        connection.request("POST", "/api/chat", body=json.dumps({"model": "single", "messages": SLOW}),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.readline()
+        worker = serving_worker(gateway, connection)
+        psutil.Process(worker).kill()
+        killed = time.monotonic()
+        connection.close()
+        assert wait_for(lambda: len(worker_pids(gateway)) == 2 and worker not in worker_pids(gateway), 30)
+
+        def status() -> int:
+            return httpx.post(gateway.url + "/api/chat", json={"model": "single", "messages": HI, "stream": False},
+                              timeout=30).status_code
+
+        assert status() == 503  # the dead worker's lease is still counted
+        while (answered := status()) == 503:
+            assert time.monotonic() - killed < LEASE_TTL + 10, "the killed worker's lease was never freed"
+            time.sleep(0.5)
+        assert answered == 200
+        assert time.monotonic() - killed >= LEASE_TTL - 11, "freed before its ttl (renewed every ttl / 3)"
+    finally:
+        gateway.stop()

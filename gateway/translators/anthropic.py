@@ -335,6 +335,10 @@ class MessagesTranslator(StreamingTranslator[MessagesRequest]):
             return "stop_sequence", self._matched_stop
         return "end_turn", None
 
+    def tokens_so_far(self) -> tuple[int, int]:
+        self._usage_out()
+        return self.prompt_tokens, self.completion_tokens
+
     def _usage_out(self) -> dict[str, int]:
         usage = self._usage
         if usage:

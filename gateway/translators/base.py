@@ -96,3 +96,9 @@ class StreamingTranslator(Translator[RequestT]):
     @abstractmethod
     def finish(self) -> list[dict[str, Any]]:
         """The last chunks once the upstream stream ended cleanly; the final one has `done: true`."""
+
+    def tokens_so_far(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of a stream cut short after its first chunk (the client
+        hung up, the upstream broke): the usage comes in the upstream's last event, so the
+        built-in translators estimate what was streamed (about four characters a token)."""
+        return self.prompt_tokens, self.completion_tokens

@@ -269,12 +269,16 @@ class ChatCompletionTranslator(StreamingTranslator[GenerationT]):
         self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
     def _metrics(self) -> dict[str, int]:
+        self.tokens_so_far()
+        return self.clock.metrics(self.prompt_tokens, self.completion_tokens)
+
+    def tokens_so_far(self) -> tuple[int, int]:
         if not self._usage_seen:
             # No usage from the upstream: estimate (about four characters a token) rather than omit;
             # some clients require the counts (openai-mapping.md §3.4).
             self.prompt_tokens = max(1, self._prompt_chars // 4)
             self.completion_tokens = -(-self._completion_chars // 4)
-        return self.clock.metrics(self.prompt_tokens, self.completion_tokens)
+        return self.prompt_tokens, self.completion_tokens
 
     def base_chunk(self) -> dict[str, Any]:
         return {"model": self.request.model, "created_at": now_rfc3339()}

@@ -360,6 +360,10 @@ class ResponsesTranslator(StreamingTranslator[ResponsesRequest]):
             "truncation": "disabled", "metadata": request.metadata or {}, "usage": self._usage_out() if final else None,
         }
 
+    def tokens_so_far(self) -> tuple[int, int]:
+        self._usage_out()
+        return self.prompt_tokens, self.completion_tokens
+
     def _usage_out(self) -> dict[str, Any]:
         usage = self._usage
         if usage:

@@ -227,8 +227,8 @@ class TranslatedCall(Generic[RequestT]):
         record = self.exchange.record
         async with clients.limiter.slot():
             events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            finished = started = False
             try:
-                started = False
                 async for read in events.reads():
                     lines: list[bytes] = []
                     try:
@@ -253,12 +253,15 @@ class TranslatedCall(Generic[RequestT]):
                     # cut short is never answered with a made-up `done` chunk.
                     raise fault("incomplete", clients.of(target).origin)
                 final = translator.finish()
+                finished = True
                 record.chunks += len(final)
                 record.tokens(translator.prompt_tokens, translator.completion_tokens)
                 record.done_reason = getattr(translator, "done_reason", None)
                 yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
             finally:
                 events.close()
+                if started and not finished:
+                    _cut_short(translator, record)
 
     async def _framed(
         self, translator: StreamingTranslator[RequestT], target: Target, body: bytes, framing: ChunkFraming,
@@ -268,6 +271,8 @@ class TranslatedCall(Generic[RequestT]):
         record = self.exchange.record
         async with clients.limiter.slot():
             events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
+            finished = False
+            sent = record.chunks
             try:
                 async for read in events.reads():
                     chunks: list[dict[str, Any]] = []
@@ -286,11 +291,21 @@ class TranslatedCall(Generic[RequestT]):
                 if not events.saw_done and not translator.saw_finish_reason:
                     raise fault("incomplete", clients.of(target).origin)
                 final = translator.finish()
+                finished = True
                 record.chunks += len(final)
                 record.tokens(translator.prompt_tokens, translator.completion_tokens)
                 yield framing.encode(final)
             finally:
                 events.close()
+                if record.chunks > sent and not finished:
+                    _cut_short(translator, record)
+
+
+def _cut_short(translator: StreamingTranslator[Any], record: RequestRecord) -> None:
+    """A stream that ended after its first chunk without its last (the client hung up, the
+    upstream broke) still used tokens: the translator's estimate of them goes on the record,
+    for the log line, the metrics and the key's tpm (the upstream's usage would have come last)."""
+    record.tokens(*translator.tokens_so_far())
 
 
 class RelayCall:

@@ -6,9 +6,9 @@ first operation (sqlite3 and a connection cost a worker about 3 MiB, which one w
 no limits never pays; a database that cannot be opened fails open like any other outage): WAL
 mode, `synchronous=OFF` (nothing here needs to survive a power cut), each operation one
 `BEGIN IMMEDIATE` transaction, so it is atomic across the workers. The meaning is the Redis
-scripts' (redisstate.py), on this machine's clock: windows of `SLOTS` slots, leases as rows with
-an expiry renewed by the process holding them (a worker that dies frees its leases after their
-ttl), cooldowns with a failure count, an end and a probe claim. Expired rows of the key an
+scripts' (redisstate.py), on this machine's monotonic clock: windows of `SLOTS` slots, leases
+as rows with an expiry renewed by the process holding them (a worker that dies frees its
+leases after their ttl), cooldowns with a failure count, an end and a probe claim. Expired rows of the key an
 operation touches go in that operation; everything expired, every `_PURGE_EVERY` operations.
 
 An operation is a few tens of microseconds, done in the event loop (a thread hop would cost
@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS cooldowns (key TEXT PRIMARY KEY, fails INTEGER NOT NU
 
 
 def _now() -> int:
-    return time.time_ns() // 1_000_000
+    """Milliseconds on the machine's monotonic clock (Linux: one CLOCK_MONOTONIC for every
+    process, and the database lives no longer than the run): a wall clock stepped back or on
+    (NTP, a VM resumed) neither keeps a minute's counts nor frees every lease."""
+    return time.monotonic_ns() // 1_000_000
 
 
 def _ms(seconds: float) -> int:

@@ -1,7 +1,9 @@
 """`RedisState`: the `SharedState` of every worker of every replica, in Redis or Valkey.
 
 One Lua script per operation, registered once (`EVALSHA`, loaded again if the server lost it),
-each atomic on the server, each on the server's clock (`TIME`, one clock for every replica),
+each atomic on the server, each on the server's clock (`TIME`, one clock for every replica;
+what was written before that clock stepped back, a window's slot past the current one or a
+lease ending later than a renewal could set it, is dropped rather than counted for the step),
 and every key written with an expiry: a window's hash of slots expires one slot after its
 window, a lease set (a sorted set of lease ids scored by their expiry, expired ones dropped by
 the script that next touches it) with its last lease, a cooldown `COOLDOWN_MARGIN` after it
@@ -41,7 +43,7 @@ local flat = redis.call('HGETALL', KEYS[1])
 local total, slots = 0, {}
 for i = 1, #flat, 2 do
   local slot, count = tonumber(flat[i]), tonumber(flat[i + 1])
-  if slot < oldest then
+  if slot < oldest or slot > current then  -- past the window, or from a clock since stepped back
     redis.call('HDEL', KEYS[1], flat[i])
   else
     total = total + count
@@ -84,6 +86,8 @@ if pttl < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 _ACQUIRE = _NOW + """
 local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- A lease ending later than a renewal now could set it: written before the clock stepped back.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + ttl), '+inf')
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 """ + _KEEP + "return 1\n"
