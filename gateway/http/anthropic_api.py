@@ -65,10 +65,7 @@ async def messages(request: Request) -> Response:
 async def _relayed(call: RelayCall, relay: Relay) -> Response:
     if relay.is_event_stream:
         return StreamedResponse(await call.stream(relay, _RelayedSSE(relay.content_type)), headers=_SSE_HEADERS)
-    try:
-        return Response(await relay.read(), media_type=relay.content_type)
-    finally:
-        relay.close()
+    return Response(await call.read(relay), media_type=relay.content_type)
 
 
 class _RelayedSSE(AnthropicSSE):

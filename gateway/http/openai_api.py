@@ -5,7 +5,8 @@ VS Code Copilot's Ollama provider lists models over `/api/*` but chats over
 same route map to the routed upstream with only `model` rewritten to the upstream's id, and the
 answer comes back as the upstream sent it: JSON as one body, SSE byte for byte as it arrives,
 the upstream request closed the moment the client leaves (`streaming.StreamedResponse`). Nothing
-is parsed per chunk. Retries and fallbacks are the same as on `/api` (`failover.with_failover`),
+is parsed per chunk but the usage the answer reports (upstream/usage.py: only a read holding
+`"usage"`), which goes on the request's record for its log line, the metrics and the key's tpm. Retries and fallbacks are the same as on `/api` (`failover.with_failover`),
 up to the upstream's answer status; a fallback gets its own upstream model id.
 
 Errors are in OpenAI's shape, as Ollama's `/v1` middleware writes them (`openai.NewError`):
@@ -134,10 +135,7 @@ async def _answer(request: Request, call: RelayCall) -> Response:
     reply = await call.exchange.run(primary, call)
     if reply.is_event_stream:
         return StreamedResponse(await call.stream(reply, SSEFraming(reply.content_type, context.state.clients.secrets)))
-    try:
-        return Response(await reply.read(), media_type=reply.content_type)
-    finally:
-        reply.close()
+    return Response(await call.read(reply), media_type=reply.content_type)
 
 
 class SSEFraming:

@@ -51,8 +51,5 @@ async def responses(request: Request) -> Response:
         if answer.is_event_stream:
             framing = SSEFraming(answer.content_type, context.state.clients.secrets)
             return StreamedResponse(await call.relay.stream(answer, framing), headers=_SSE_HEADERS)
-        try:
-            return Response(await answer.read(), media_type=answer.content_type)
-        finally:
-            answer.close()
+        return Response(await call.relay.read(answer), media_type=answer.content_type)
     return Response(answer, media_type=JSON_MEDIA_TYPE)

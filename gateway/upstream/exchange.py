@@ -43,6 +43,7 @@ from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.faults import fault
 from gateway.upstream.forms import MultipartForm
 from gateway.upstream.streams import NDJSON_FRAMING, NDJSON_MEDIA_TYPE, Framing, OpenedStream, open_stream
+from gateway.upstream.usage import StreamUsage, body_usage
 
 __all__ = ["NDJSON_FRAMING", "NDJSON_MEDIA_TYPE", "Call", "Exchange", "Framing", "NativeOrTranslated", "OpenedStream",
            "RelayCall", "TranslatedCall", "open_stream"]
@@ -309,12 +310,13 @@ def _cut_short(translator: StreamingTranslator[Any], record: RequestRecord) -> N
 
 
 class RelayCall:
-    """`/v1`: the client's body with the target's upstream model id; the answer unread (`Relay`).
+    """`/v1`: the client's body with the target's upstream model id; the answer as is (`Relay`),
+    its usage (usage.py) on the record: read whole (`read`) or streamed (`stream`).
 
     The body is a JSON object, or a multipart form (`forms.MultipartForm`: its `model` field's
     value replaced, everything else sent byte for byte with the client's Content-Type)."""
 
-    __slots__ = ("exchange", "_body", "_path", "name", "_headers", "_query")
+    __slots__ = ("exchange", "_body", "_path", "name", "_headers", "_query", "_sent")
 
     def __init__(self, exchange: Exchange, body: dict[str, Any] | MultipartForm, path: str, name: str,
                  headers: Mapping[str, str] | None = None, query: str = "") -> None:
@@ -324,6 +326,7 @@ class RelayCall:
         self.name = name  # the model name the client asked for
         self._headers = headers  # the client's headers passed through (`anthropic-*`), if any
         self._query = query
+        self._sent = 0  # the bytes of the JSON body sent (the prompt estimate of a stream without usage)
 
     async def attempt(self, target: Target, first: bool) -> Relay:
         clients = self.exchange.clients
@@ -332,6 +335,7 @@ class RelayCall:
             content, content_type = body.with_field("model", target.upstream_model), body.content_type
         else:
             content, content_type = _dumps({**body, "model": target.upstream_model}), None
+            self._sent = len(content)
         self.exchange.attempts.calling(target, self._path)
         await clients.limiter.acquire()
         try:
@@ -343,20 +347,38 @@ class RelayCall:
             clients.limiter.release()
             raise
 
+    async def read(self, relay: Relay) -> bytes:
+        """The whole answer (`Relay.read`), its `usage` on the record (usage.py); closed after."""
+        try:
+            body = await relay.read()
+        finally:
+            relay.close()
+        prompt, completion = body_usage(body)
+        if prompt is not None or completion is not None:
+            self.exchange.record.tokens(prompt or 0, completion or 0)
+        return body
+
     async def stream(self, relay: Relay, framing: Framing) -> OpenedStream:
         """The upstream's SSE bytes as they arrive, run to the first read (the first-byte rule)."""
         exchange = self.exchange
-        return await open_stream(_relayed(relay, exchange.record), framing, exchange.record, exchange.clients.secrets,
-                                 allow_empty=True)
+        usage = StreamUsage(self._sent // 4)
+        return await open_stream(_relayed(relay, exchange.record, usage), framing, exchange.record,
+                                 exchange.clients.secrets, allow_empty=True)
 
 
-async def _relayed(relay: Relay, record: RequestRecord) -> AsyncGenerator[bytes, None]:
+async def _relayed(relay: Relay, record: RequestRecord, usage: StreamUsage) -> AsyncGenerator[bytes, None]:
+    """The reads as they are; their usage (or its estimate) on the record when the stream ends."""
+    complete = False
     try:
         async for data in relay.chunks():
             record.chunks += 1
+            usage.feed(data)
             yield data
+        complete = True
     finally:
         relay.close()
+        if (tokens := usage.tokens(complete)) is not None:
+            record.tokens(*tokens)
 
 
 class NativeOrTranslated(Generic[RequestT]):
