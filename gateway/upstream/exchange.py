@@ -244,18 +244,20 @@ class TranslatedCall(Generic[RequestT]):
         )
 
     async def _ndjson(self, translator: StreamingTranslator[RequestT], target: Target, body: bytes) -> AsyncGenerator[bytes, None]:
-        """The NDJSON body: one write per upstream network read, each line ending in a newline."""
+        """The NDJSON body: one write per upstream network read, each line ending in a newline;
+        the final `done` line goes in the same write as the read that ended the stream."""
         clients = self.exchange.clients
         record = self.exchange.record
         async with clients.limiter.slot():
             events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
             try:
-                started = False
+                started = finished = False
                 async for read in events.reads():
                     lines: list[bytes] = []
                     try:
                         for event in read:
-                            lines.extend(_dumps(chunk) for chunk in translator.feed(event))
+                            for chunk in translator.feed(event):
+                                lines.append(_dumps(chunk))
                             if lines and not started:
                                 # The first line leaves at once; later ones go one write per read.
                                 started = True
@@ -267,30 +269,39 @@ class TranslatedCall(Generic[RequestT]):
                             record.chunks += len(lines)
                             yield b"\n".join(lines) + b"\n"
                         raise
+                    if events.saw_done:  # the last read: the final line goes with it
+                        finished = True
+                        lines.extend(_dumps(chunk) for chunk in self._finish(translator))
                     if lines:
                         record.chunks += len(lines)
                         yield b"\n".join(lines) + b"\n"
-                if not events.saw_done and not translator.saw_finish_reason:
-                    # Without [DONE] a stream is complete only if it said why it finished: a stream
-                    # cut short is never answered with a made-up `done` chunk.
-                    raise fault("incomplete", clients.of(target).origin)
-                final = translator.finish()
-                record.chunks += len(final)
-                record.tokens(translator.prompt_tokens, translator.completion_tokens)
-                record.done_reason = getattr(translator, "done_reason", None)
-                yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
+                if not finished:
+                    if not translator.saw_finish_reason:  # without [DONE], complete only if it said why it
+                        raise fault("incomplete", clients.of(target).origin)  # ended: no made-up `done`
+                    final = self._finish(translator)
+                    record.chunks += len(final)
+                    yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
             finally:
                 events.close()
+
+    def _finish(self, translator: StreamingTranslator[RequestT]) -> list[dict[str, Any]]:
+        """The translator's last chunks; the request's tokens and done reason recorded."""
+        record = self.exchange.record
+        final = translator.finish()
+        record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        record.done_reason = getattr(translator, "done_reason", None)
+        return final
 
     async def _framed(
         self, translator: StreamingTranslator[RequestT], target: Target, body: bytes, framing: ChunkFraming,
     ) -> AsyncGenerator[bytes, None]:
-        """Another surface's stream (`translator.framing`): one write per upstream network read."""
+        """Another surface's stream (`translator.framing`), written as `_ndjson`'s."""
         clients = self.exchange.clients
         record = self.exchange.record
         async with clients.limiter.slot():
             events = await open_events(clients.of(target), translator.upstream_path, body, self._request.model)
             try:
+                finished = False
                 async for read in events.reads():
                     chunks: list[dict[str, Any]] = []
                     try:
@@ -301,15 +312,20 @@ class TranslatedCall(Generic[RequestT]):
                             record.chunks += len(chunks)
                             yield framing.encode(chunks)
                         raise
-                    if chunks:
+                    if events.saw_done:  # the last read: the last chunks go with it
+                        finished = True
+                        final = self._finish(translator)
+                        record.chunks += len(chunks) + len(final)
+                        yield (framing.encode(chunks) if chunks else b"") + framing.encode(final)
+                    elif chunks:
                         record.chunks += len(chunks)
                         yield framing.encode(chunks)
-                if not events.saw_done and not translator.saw_finish_reason:
-                    raise fault("incomplete", clients.of(target).origin)
-                final = translator.finish()
-                record.chunks += len(final)
-                record.tokens(translator.prompt_tokens, translator.completion_tokens)
-                yield framing.encode(final)
+                if not finished:
+                    if not translator.saw_finish_reason:
+                        raise fault("incomplete", clients.of(target).origin)
+                    final = self._finish(translator)
+                    record.chunks += len(final)
+                    yield framing.encode(final)
             finally:
                 events.close()
 
