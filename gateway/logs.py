@@ -123,7 +123,9 @@ class Redactor:
     """A structlog processor: every string of a line (top level, or in lists and dicts) scrubbed.
 
     Error text is scrubbed where it is made; this is the net under everything else a line may
-    carry. A line of plain strings costs one regex scan (in C, finding nothing) of them joined.
+    carry. A line of plain strings and numbers (and lists of numbers) costs one regex scan (in C,
+    finding nothing) of its strings joined: about 1 µs for the `request` line, where it took 7 µs
+    when its list of attempt times sent it down the field-by-field path.
     """
 
     __slots__ = ("_secrets",)
@@ -135,10 +137,11 @@ class Redactor:
         secrets = self._secrets()
         strings = []
         for value in event.values():
-            if type(value) is str:
+            kind = type(value)
+            if kind is str:
                 strings.append(value)
-            elif type(value) not in _NUMBERS:
-                break
+            elif kind not in _NUMBERS and not (kind is list and all(type(item) in _NUMBERS for item in value)):
+                break  # a list of numbers (the request line's `upstream_attempts_ms`) has nothing to mask
         else:
             if not secrets.mentions("\0".join(strings)):  # the usual line: nothing to mask
                 return event
