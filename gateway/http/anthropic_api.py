@@ -27,7 +27,8 @@ from gateway.translators.anthropic import MessagesTranslator
 from gateway.translators.anthropic_wire import AnthropicSSE, anthropic_status, error_object
 from gateway.translators.anthropic_messages import MessagesRequest, estimate_input_tokens
 from gateway.upstream.calls import Relay
-from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall
+from gateway.upstream.exchange import OpenedStream, TranslatedCall
+from gateway.upstream.relaying import NativeOrTranslated, RelayCall
 
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
 

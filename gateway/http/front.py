@@ -165,10 +165,13 @@ class Front:
                 record.outcome = "error"
             if logs.DEBUG and record.outcome != "ok":
                 log.debug("failed", where=record.stage(), why=record.error or record.outcome, status=record.status)
-            fields = record.fields()
             if tracer is not None:
+                fields = record.fields()
                 tracer.end_request(record, fields)
-            log.info("request", **fields)
+                if logs.INFO:
+                    logs.request_log().info("request", **fields)
+            elif logs.INFO:
+                logs.request_log().info("request", **record.fields())
             _observe(record, self._endpoint(served))
             structlog.contextvars.unbind_contextvars("request_id")
 

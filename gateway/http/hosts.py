@@ -39,6 +39,7 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
 _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ENTRY = re.compile(rf"(?:\*\.)?{_NAME.pattern}")
 _PORT = re.compile(r"\d{1,5}")
+_MEMO_SIZE = 1024
 
 
 def allowed_hosts(configured: str) -> list[str]:
@@ -90,10 +91,22 @@ class HostPolicy:
                 names.add(own.lower().rstrip("."))
         self._names = frozenset(names)
         self._suffixes = (*_LOCAL_SUFFIXES, *(entry[1:] for entry in entries if entry.startswith("*.")))
+        self._memo: dict[str, bool] = {}
 
     def allows(self, header: str) -> bool:
-        """True if a request with this `Host` header may be served."""
-        return self.allow_all or self.vouches_for(header)
+        """True if a request with this `Host` header may be served.
+
+        Decided once per header value (parsing one, IP literals included, takes a few µs): a
+        worker sees few, and the memo is emptied when it holds `_MEMO_SIZE` of them."""
+        if self.allow_all:
+            return True
+        memo = self._memo
+        verdict = memo.get(header)
+        if verdict is None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            verdict = memo[header] = self.vouches_for(header)
+        return verdict
 
     def vouches_for(self, header: str) -> bool:
         """True if the header names this gateway; never on the strength of `*` alone, so CORS can

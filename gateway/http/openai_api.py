@@ -40,7 +40,7 @@ from gateway.http.context import context_in, context_of
 from gateway.errors import JSON_MEDIA_TYPE, BadRequest, GatewayError, UpstreamRelayed
 from gateway.upstream.redact import Secrets
 from gateway.http.streaming import StreamedResponse
-from gateway.upstream.exchange import RelayCall
+from gateway.upstream.relaying import RelayCall
 from gateway.upstream.forms import MultipartForm
 
 # Ollama's openai.NewError: the error type by status.

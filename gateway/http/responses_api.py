@@ -21,7 +21,8 @@ from gateway.http.streaming import StreamedResponse
 from gateway.translators.responses import ResponsesTranslator
 from gateway.translators.responses_items import ResponsesRequest
 from gateway.upstream.calls import Relay
-from gateway.upstream.exchange import NativeOrTranslated, OpenedStream, RelayCall, TranslatedCall
+from gateway.upstream.exchange import OpenedStream, TranslatedCall
+from gateway.upstream.relaying import NativeOrTranslated, RelayCall
 
 router = APIRouter(route_class=error_shaped_route(lambda: openai_error))
 _SSE_HEADERS = {"Cache-Control": "no-cache"}

@@ -7,9 +7,8 @@ first-byte rule.
     TranslatedCall                      a translator's request: one JSON answer, or its stream
                                         (NDJSON, or the translator's own `framing`: the Anthropic
                                         Messages events) opened up to the first chunk
-    RelayCall                           `/v1`: the body with the target's model id, the answer as is
-    NativeOrTranslated                  `/v1/messages`, `/v1/responses`: relayed to an upstream
-                                        whose quirk says it speaks that API, else translated
+    RelayCall, NativeOrTranslated       `/v1`: the body relayed with the target's model id, or
+                                        translated where the upstream lacks the API (relaying.py)
 
 The first-byte rule (streams.py `open_stream`, re-exported here with `OpenedStream`, `Framing`
 and the NDJSON framing): a stream is run to its first chunk before the response starts, so a
@@ -24,7 +23,7 @@ after one). An upstream request holds a slot of the worker's limiter until its a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -37,16 +36,14 @@ from gateway.routing.resolver import RouteMap, Target
 from gateway.translators.base import ChunkFraming, StreamingTranslator, Translator
 from gateway.translators.clock import RequestClock
 from gateway.upstream import failover, sequence
-from gateway.upstream.attempts import Attempts, log_failure, log_wait
-from gateway.upstream.calls import Relay, open_events, open_relay, post_json
+from gateway.upstream.attempts import Attempts, log_failure
+from gateway.upstream.calls import Relay, open_events, post_json
 from gateway.upstream.clients import UpstreamClients
 from gateway.upstream.faults import fault
-from gateway.upstream.forms import MultipartForm
 from gateway.upstream.streams import NDJSON_FRAMING, NDJSON_MEDIA_TYPE, Framing, OpenedStream, open_stream
-from gateway.upstream.usage import StreamUsage, body_usage
 
-__all__ = ["NDJSON_FRAMING", "NDJSON_MEDIA_TYPE", "Call", "Exchange", "Framing", "NativeOrTranslated", "OpenedStream",
-           "RelayCall", "TranslatedCall", "open_stream"]
+__all__ = ["NDJSON_FRAMING", "NDJSON_MEDIA_TYPE", "Call", "Exchange", "Framing", "OpenedStream", "TranslatedCall",
+           "open_stream"]
 
 log = structlog.get_logger()
 
@@ -223,7 +220,8 @@ class TranslatedCall(Generic[RequestT]):
         )
 
     async def _ndjson(self, translator: StreamingTranslator[RequestT], target: Target, body: bytes) -> AsyncGenerator[bytes, None]:
-        """The NDJSON body: one write per upstream network read, each line ending in a newline."""
+        """The NDJSON body: one write per upstream network read, each line ending in a newline;
+        the final `done` line goes in the same write as the read that ended the stream."""
         clients = self.exchange.clients
         record = self.exchange.record
         async with clients.limiter.slot():
@@ -234,7 +232,8 @@ class TranslatedCall(Generic[RequestT]):
                     lines: list[bytes] = []
                     try:
                         for event in read:
-                            lines.extend(_dumps(chunk) for chunk in translator.feed(event))
+                            for chunk in translator.feed(event):
+                                lines.append(_dumps(chunk))
                             if lines and not started:
                                 # The first line leaves at once; later ones go one write per read.
                                 started = events.started = True
@@ -246,28 +245,36 @@ class TranslatedCall(Generic[RequestT]):
                             record.chunks += len(lines)
                             yield b"\n".join(lines) + b"\n"
                         raise
+                    if events.saw_done:  # the last read: the final line goes with it
+                        finished = True
+                        lines.extend(_dumps(chunk) for chunk in self._finish(translator))
                     if lines:
                         record.chunks += len(lines)
                         yield b"\n".join(lines) + b"\n"
-                if not events.saw_done and not translator.saw_finish_reason:
-                    # Without [DONE] a stream is complete only if it said why it finished: a stream
-                    # cut short is never answered with a made-up `done` chunk.
-                    raise fault("incomplete", clients.of(target).origin)
-                final = translator.finish()
-                finished = True
-                record.chunks += len(final)
-                record.tokens(translator.prompt_tokens, translator.completion_tokens)
-                record.done_reason = getattr(translator, "done_reason", None)
-                yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
+                if not finished:
+                    if not translator.saw_finish_reason:  # without [DONE], complete only if it said why it
+                        raise fault("incomplete", clients.of(target).origin)  # ended: no made-up `done`
+                    final = self._finish(translator)
+                    finished = True
+                    record.chunks += len(final)
+                    yield b"".join(_dumps(chunk) + b"\n" for chunk in final)
             finally:
                 events.close()
                 if started and not finished:
                     _cut_short(translator, record)
 
+    def _finish(self, translator: StreamingTranslator[RequestT]) -> list[dict[str, Any]]:
+        """The translator's last chunks; the request's tokens and done reason recorded."""
+        record = self.exchange.record
+        final = translator.finish()
+        record.tokens(translator.prompt_tokens, translator.completion_tokens)
+        record.done_reason = getattr(translator, "done_reason", None)
+        return final
+
     async def _framed(
         self, translator: StreamingTranslator[RequestT], target: Target, body: bytes, framing: ChunkFraming,
     ) -> AsyncGenerator[bytes, None]:
-        """Another surface's stream (`translator.framing`): one write per upstream network read."""
+        """Another surface's stream (`translator.framing`), written as `_ndjson`'s."""
         clients = self.exchange.clients
         record = self.exchange.record
         async with clients.limiter.slot():
@@ -285,17 +292,22 @@ class TranslatedCall(Generic[RequestT]):
                             record.chunks += len(chunks)
                             yield framing.encode(chunks)
                         raise
-                    if chunks:
+                    if events.saw_done:  # the last read: the last chunks go with it
+                        finished = True
+                        final = self._finish(translator)
+                        record.chunks += len(chunks) + len(final)
+                        yield (framing.encode(chunks) if chunks else b"") + framing.encode(final)
+                    elif chunks:
                         events.started = True
                         record.chunks += len(chunks)
                         yield framing.encode(chunks)
-                if not events.saw_done and not translator.saw_finish_reason:
-                    raise fault("incomplete", clients.of(target).origin)
-                final = translator.finish()
-                finished = True
-                record.chunks += len(final)
-                record.tokens(translator.prompt_tokens, translator.completion_tokens)
-                yield framing.encode(final)
+                if not finished:
+                    if not translator.saw_finish_reason:
+                        raise fault("incomplete", clients.of(target).origin)
+                    final = self._finish(translator)
+                    finished = True
+                    record.chunks += len(final)
+                    yield framing.encode(final)
             finally:
                 events.close()
                 if record.chunks > sent and not finished:
@@ -307,93 +319,3 @@ def _cut_short(translator: StreamingTranslator[Any], record: RequestRecord) -> N
     upstream broke) still used tokens: the translator's estimate of them goes on the record,
     for the log line, the metrics and the key's tpm (the upstream's usage would have come last)."""
     record.tokens(*translator.tokens_so_far())
-
-
-class RelayCall:
-    """`/v1`: the client's body with the target's upstream model id; the answer as is (`Relay`),
-    its usage (usage.py) on the record: read whole (`read`) or streamed (`stream`).
-
-    The body is a JSON object, or a multipart form (`forms.MultipartForm`: its `model` field's
-    value replaced, everything else sent byte for byte with the client's Content-Type)."""
-
-    __slots__ = ("exchange", "_body", "_path", "name", "_headers", "_query", "_sent")
-
-    def __init__(self, exchange: Exchange, body: dict[str, Any] | MultipartForm, path: str, name: str,
-                 headers: Mapping[str, str] | None = None, query: str = "") -> None:
-        self.exchange = exchange
-        self._body = body
-        self._path = path
-        self.name = name  # the model name the client asked for
-        self._headers = headers  # the client's headers passed through (`anthropic-*`), if any
-        self._query = query
-        self._sent = 0  # the bytes of the JSON body sent (the prompt estimate of a stream without usage)
-
-    async def attempt(self, target: Target, first: bool) -> Relay:
-        clients = self.exchange.clients
-        body = self._body
-        if isinstance(body, MultipartForm):
-            content, content_type = body.with_field("model", target.upstream_model), body.content_type
-        else:
-            content, content_type = _dumps({**body, "model": target.upstream_model}), None
-            self._sent = len(content)
-        self.exchange.attempts.calling(target, self._path)
-        await clients.limiter.acquire()
-        try:
-            return await open_relay(
-                clients.of(target), self._path, content, self.name, clients.max_answer_bytes, on_close=clients.limiter.release,
-                headers=self._headers, query=self._query, content_type=content_type,
-            )
-        except BaseException:
-            clients.limiter.release()
-            raise
-
-    async def read(self, relay: Relay) -> bytes:
-        """The whole answer (`Relay.read`), its `usage` on the record (usage.py); closed after."""
-        try:
-            body = await relay.read()
-        finally:
-            relay.close()
-        prompt, completion = body_usage(body)
-        if prompt is not None or completion is not None:
-            self.exchange.record.tokens(prompt or 0, completion or 0)
-        return body
-
-    async def stream(self, relay: Relay, framing: Framing) -> OpenedStream:
-        """The upstream's SSE bytes as they arrive, run to the first read (the first-byte rule)."""
-        exchange = self.exchange
-        usage = StreamUsage(self._sent // 4)
-        return await open_stream(_relayed(relay, exchange.record, usage), framing, exchange.record,
-                                 exchange.clients.secrets, allow_empty=True)
-
-
-async def _relayed(relay: Relay, record: RequestRecord, usage: StreamUsage) -> AsyncGenerator[bytes, None]:
-    """The reads as they are; their usage (or its estimate) on the record when the stream ends."""
-    complete = False
-    try:
-        async for data in relay.chunks():
-            record.chunks += 1
-            usage.feed(data)
-            yield data
-        complete = True
-    finally:
-        relay.close()
-        if (tokens := usage.tokens(complete)) is not None:
-            record.tokens(*tokens)
-
-
-class NativeOrTranslated(Generic[RequestT]):
-    """Per target: relayed to an upstream that speaks the client's API itself (the quirk named
-    `native`, e.g. `messages_api`: only `model` rewritten, its answer and errors as it sent them),
-    else translated. A fallback without the quirk gets the request translated, and vice versa."""
-
-    __slots__ = ("translated", "relay", "_native")
-
-    def __init__(self, translated: TranslatedCall[RequestT], relay: RelayCall, native: str) -> None:
-        self.translated = translated
-        self.relay = relay
-        self._native = native
-
-    async def attempt(self, target: Target, first: bool) -> bytes | OpenedStream | Relay:
-        if getattr(target.quirks, self._native):
-            return await self.relay.attempt(target, first)
-        return await self.translated.attempt(target, first)

@@ -62,7 +62,41 @@ class SSEDecoder:
             raise self._failure
         if self.done:
             return
-        for line in self._lines(chunk):
+        if b"\r" in chunk:
+            yield from self._events_of(self._lines(chunk))
+            return
+        if self._parts or self._data:  # an event begun in the last read: line by line to its end
+            end = chunk.find(b"\n\n")
+            if end < 0:
+                yield from self._events_of(self._lines(chunk))
+                return
+            yield from self._events_of(self._lines(chunk[: end + 2]))
+            if self.done:
+                return
+            chunk = chunk[end + 2:]
+        # The usual read: whole `data: {...}` events, each one line and a blank one, no CR.
+        # Each is decoded straight from its block; anything else goes line by line.
+        blocks = chunk.split(b"\n\n")
+        tail = blocks.pop()
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                if len(block) - 5 > self.max_event_bytes:
+                    raise self._too_large()
+                event = self._decoded(block[6:])
+            else:
+                event = None
+                for event in self._events_of([*block.split(b"\n"), b""]):
+                    pass
+            if event is not None:
+                yield event
+            if self.done:
+                return  # nothing after [DONE] counts, even within the same read
+        if tail:
+            yield from self._events_of(self._lines(tail))
+
+    def _events_of(self, lines: list[bytes]) -> Iterator[dict[str, Any]]:
+        """The events that complete lines end, line by line (CR, several data lines, comments)."""
+        for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
@@ -118,6 +152,10 @@ class SSEDecoder:
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
         self._data = []
         self._data_size = 0
+        return self._decoded(data)
+
+    def _decoded(self, data: bytes) -> dict[str, Any] | None:
+        """One event's data as a JSON object (None for `[DONE]`)."""
         if data == b"[DONE]":
             self.done = True
             return None
@@ -126,7 +164,7 @@ class SSEDecoder:
         except orjson.JSONDecodeError as exc:
             # The parser's position only: the event's text may hold completion text (never logged).
             raise MalformedEvent(str(exc)) from exc
-        if not isinstance(event, dict):
+        if type(event) is not dict:
             raise MalformedEvent(f"an event that is a JSON {type(event).__name__}, not an object")
         self.events_seen += 1
         return event
