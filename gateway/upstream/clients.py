@@ -83,7 +83,11 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(
                 limit=_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=_KEEPALIVE_EXPIRY, ttl_dns_cache=60
             )
-            connector._factory = cast("functools.partial[ResponseHandler]", functools.partial(StreamStartFirst, loop=connector._loop))
+            if isinstance(getattr(connector, "_factory", None), functools.partial):  # aiohttp's private hook; an
+                # aiohttp without it keeps its own protocol, and only StreamStartFirst's saving is lost
+                connector._factory = cast(
+                    "functools.partial[ResponseHandler]", functools.partial(StreamStartFirst, loop=asyncio.get_running_loop())
+                )
             session = self._session = aiohttp.ClientSession(
                 connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
             )
