@@ -197,6 +197,16 @@ def test_two_processes_share_a_window_and_a_lease_limit(spec: str) -> None:
     assert sum(held) == 3  # type: ignore[arg-type]
 
 
+def test_workers_whose_first_operations_come_together_all_reach_a_fresh_state_file(tmp_path: Path) -> None:
+    # Six processes open one new file at the same instant: each must wait its turn to switch it to
+    # WAL, not count an outage (fail open: its takes would not be counted at all).
+    for attempt in range(3):
+        state_dir = tmp_path / f"state-{attempt}"
+        state_dir.mkdir()
+        takes = results(workers(str(state_dir), 6, "take", "rpm", "3", "100", "60"))
+        assert takes == [3] * 6, takes
+
+
 def test_a_killed_process_frees_its_lease_after_its_ttl(spec: str) -> None:
     (process,) = workers(spec, 1, "hold-forever", "crash", "1", "1.0")
     assert process.stdout is not None

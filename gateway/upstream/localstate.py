@@ -93,19 +93,31 @@ class LocalState:
         return answer
 
     def _open(self) -> sqlite3.Connection:
+        """The connection, the file switched to WAL and its tables made. Workers whose first
+        operations come together race to do that, and SQLite refuses the switch to WAL at once
+        (without its busy wait) while another connection holds the file: tried again for up to
+        the busy timeout (blocking, once per worker) before it counts as an outage."""
         import sqlite3
 
-        db = sqlite3.connect(self._target, isolation_level=None, timeout=_BUSY_MS / 1000)
-        try:
-            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")
-            db.executescript(_SCHEMA)
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        return db
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        while True:
+            db = sqlite3.connect(self._target, isolation_level=None, timeout=_BUSY_MS / 1000)
+            try:
+                db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")
+                db.executescript(_SCHEMA)
+            except sqlite3.OperationalError:
+                db.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+                continue
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+            return db
 
     async def take(self, key: str, amount: int, limit: int, window: float) -> float | None:
         def take(db: sqlite3.Connection, now: int) -> float | None:
